@@ -1,0 +1,329 @@
+"""The ``tuner`` command line: run, show, export and train studies (typer + rich).
+
+Commands import the engine inside their bodies: torch takes seconds to import, and
+commands that only talk HTTP should not pay for it. Every command runs its body
+inside ``user_errors()``, which turns a mistake the user can fix into one red line
+and exit code 2, never a traceback.
+
+    tuner run studies/digits-cnn.yaml
+    tuner export digits-cnn -o best.yaml
+    tuner train best.yaml -o model.safetensors
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from tuner.settings import get_settings
+from tuner.spec import SpecError, load_spec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+app = typer.Typer(
+    name="tuner",
+    help="Hyperparameter tuning for PyTorch models, built on Optuna.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERROR = 2
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="Database URL (default: TUNER_DATABASE_URL)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DataRootOpt = Annotated[
+    Path | None, typer.Option("--data-root", help="Directory of dataset files (csv, npz).")
+]
+
+
+# --- shared helpers ----------------------------------------------------------------
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a mistake the user can fix as one red line and exit with code 2."""
+    from tuner.data import DatasetError
+    from tuner.engine import UsageError
+
+    try:
+        yield
+    except (SpecError, DatasetError, UsageError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USER_ERROR) from None
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs each trial and warns about experimental features; the bar says enough."""
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _storage(url: str | None) -> str:
+    return url or get_settings().database_url
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first (for several metrics: the Pareto front first)."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {t.number for t in study.best_trials} if done else set()
+    sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
+    return sorted(done, key=lambda t: (t.number not in front, sign * t.values[0], t.number))
+
+
+def _trials_table(study: optuna.Study, limit: int) -> Table:
+    names = study.metric_names or [f"value {i}" for i in range(len(study.directions))]
+    table = Table(title=f"top trials of {study.study_name}", title_justify="left")
+    table.add_column("trial", justify="right")
+    for name, direction in zip(names, study.directions, strict=True):
+        table.add_column(f"{name} ({direction.name.lower()[:3]})", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("params")
+    for trial in _ranked(study)[:limit]:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        table.add_row(
+            str(trial.number), *(_fmt(v) for v in trial.values),
+            _fmt(trial.user_attrs.get("epochs_run", "")), params,
+        )
+    return table
+
+
+def _state_counts(study: optuna.Study) -> str:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
+
+
+class _ProgressCallback:
+    """Feeds a rich progress bar from Optuna: trials done/total, best so far, pruned."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self.progress = progress
+        self.task = task
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        best = "-"
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            if len(study.directions) == 1:
+                best = _fmt(study.best_value)
+            else:
+                best = f"{len(study.best_trials)} on the Pareto front"
+        self.progress.update(
+            self.task, advance=1, best=best, pruned=pruned, failed=failed
+        )
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON).")],
+    storage: StorageOpt = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="Trials in the study (default: budget).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Stop after this many seconds.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+) -> None:
+    """Run a study in this process, with a live progress bar; resumes a study of the same name."""
+    with user_errors():
+        spec = load_spec(spec_file)
+        _quiet_optuna()
+        from tuner import engine
+
+        url = _storage(storage)
+        total = n_trials or spec.budget.n_trials
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best [cyan]{task.fields[best]}[/cyan]"),
+            TextColumn("pruned {task.fields[pruned]}  failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(spec.name, total=total, best="-", pruned=0, failed=0)
+            existing = _existing_trials(url, spec.name)
+            progress.update(task, completed=existing)
+            started = time.monotonic()
+            study = engine.run_study(
+                spec, storage_url=url, n_trials=n_trials, timeout=timeout,
+                callbacks=[_ProgressCallback(progress, task)], data_root=data_root, device=device,
+            )
+        console.print(
+            f"[bold]{study.study_name}[/bold]: {_state_counts(study)} "
+            f"in {time.monotonic() - started:.1f} s (storage {url})"
+        )
+        if not study.best_trials:
+            raise engine.UsageError("no trial completed; check the failed trials' fail_reason")
+        console.print(_trials_table(study, limit=5))
+        console.print(f"next: tuner export {study.study_name} -o best.yaml --storage {url}")
+
+
+def _existing_trials(url: str, name: str) -> int:
+    """Finished trials a resumed study already holds (0 for a new study)."""
+    import optuna
+
+    from tuner.engine import FINISHED, make_storage
+
+    storage = make_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+@app.command()
+def show(
+    study_name: Annotated[
+        str | None, typer.Argument(metavar="STUDY", help="Study name; omit to list studies.")
+    ] = None,
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials to list.")] = 10,
+) -> None:
+    """Summarise a study and its best trials, or list the studies in the storage."""
+    with user_errors():
+        _quiet_optuna()
+        import optuna
+
+        from tuner import engine
+
+        url = _storage(storage)
+        if study_name is None:
+            _list_studies(optuna.get_all_study_summaries(engine.make_storage(url)), url)
+            return
+        study = engine.load_study(url, study_name)
+        spec = study.user_attrs.get("spec", {})
+        console.print(
+            f"[bold]{study.study_name}[/bold]  objective {spec.get('objective', '?')}  "
+            f"dataset {spec.get('dataset', {}).get('name', '?')}  "
+            f"sampler {spec.get('sampler', {}).get('name', '?')}"
+        )
+        console.print(f"trials: {_state_counts(study)}")
+        console.print(_trials_table(study, limit=top))
+
+
+def _list_studies(summaries: list[optuna.study.StudySummary], url: str) -> None:
+    table = Table(title=f"studies in {url}", title_justify="left")
+    for column in ("study", "trials", "best", "started"):
+        table.add_column(column)
+    for s in summaries:
+        best = "-"
+        if s.best_trial is not None:
+            best = ", ".join(_fmt(v) for v in s.best_trial.values)
+        started = s.datetime_start.isoformat(" ", "seconds") if s.datetime_start else "-"
+        table.add_row(s.study_name, str(s.n_trials), best, started)
+    console.print(table)
+
+
+@app.command()
+def export(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    storage: StorageOpt = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="yaml or json (default: from -o, else yaml).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write.")] = None,
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="Trial number (default: the best).")
+    ] = None,
+) -> None:
+    """Write the best trial as a complete spec with every searched value fixed."""
+    with user_errors():
+        _quiet_optuna()
+        from tuner.export import export_best
+        from tuner.spec import dump_spec
+
+        chosen = fmt or ("json" if output and output.suffix == ".json" else "yaml")
+        if chosen not in ("yaml", "json"):
+            raise SpecError(f"unknown format {chosen!r}; use yaml or json")
+        text = dump_spec(export_best(_storage(storage), study_name, trial_number=trial), chosen)  # type: ignore[arg-type]
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {output}; retrain it with: tuner train {output}")
+
+
+@app.command()
+def train(
+    spec_file: Annotated[Path, typer.Argument(help="An exported spec (every value fixed).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the weights (.safetensors).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+) -> None:
+    """Retrain one fixed configuration and print its metrics beside the trial's."""
+    with user_errors():
+        spec = load_spec(spec_file)
+        from tuner.export import fixed_hp, retrain, save_model
+
+        hp = fixed_hp(spec)  # checks every value is fixed before any training
+        result = retrain(spec, data_root=data_root or get_settings().data_root, device=device)
+        reached = spec.provenance.metrics if spec.provenance else {}
+        table = Table(title=f"{spec.name}: retrained", title_justify="left")
+        table.add_column("metric")
+        table.add_column("retrained", justify="right")
+        if reached:
+            table.add_column(f"trial {spec.provenance.trial_number}", justify="right")  # type: ignore[union-attr]
+        for name, value in result.metrics.items():
+            row = [name, _fmt(value)]
+            if reached:
+                row.append(_fmt(reached.get(name, "-")))
+            table.add_row(*row)
+        console.print(table)
+        if output is not None:
+            save_model(result, output, hp)
+            console.print(f"wrote {output}")

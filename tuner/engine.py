@@ -1,0 +1,317 @@
+"""Storage, sampler and pruner from a spec; create a study; run a whole study in-process.
+
+The service (``tuner.jobs`` / ``tuner.worker``) and ``tuner run`` share these
+factories, so a study looks the same whichever way it was run.
+
+>>> storage = make_storage("sqlite:///:memory:")
+>>> type(make_pruner(StudySpec.model_validate(
+...     {"name": "x", "dataset": {"name": "iris"}, "pruner": {"name": "median"}}))).__name__
+'MedianPruner'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+
+from tuner import space as spaces
+from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
+from tuner.settings import get_settings
+from tuner.spec import SpecError, StudySpec, parse_spec
+from tuner.train import Diverged
+
+__all__ = [
+    "UsageError",
+    "configure_torch",
+    "create_study",
+    "load_spec_of",
+    "load_study",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "pick_device",
+    "run_study",
+]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class UsageError(ValueError):
+    """A request the engine cannot follow (no such study, no such device), with advice."""
+
+
+# --- storage -------------------------------------------------------------------------
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    """Open SQLite tuned for several processes: WAL, a long busy timeout, NORMAL sync."""
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL to use and SQLAlchemy engine options for it (SQLite pragmas, a bounded pool).
+
+    SQLite connections are opened by ``_sqlite_connect`` (passed as SQLAlchemy's
+    ``creator``, a picklable partial), so every pooled connection gets the pragmas.
+    ``postgresql://`` is read as psycopg 3, the driver this project installs.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return url, {}
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return url, {"creator": functools.partial(_sqlite_connect, database)}
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        settings = get_settings()
+        return url, {
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_pre_ping": True,
+        }
+    return url, {"pool_pre_ping": True}
+
+
+def make_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> RDBStorage:
+    """Optuna's RDB storage on ``url`` (SQLite or PostgreSQL), the same code for both.
+
+    ``failed_trial_callback`` runs for each trial failed by the heartbeat check
+    (Optuna's ``heartbeat_stale_trial_callback``), e.g. to retry its parameters.
+    """
+    url, kwargs = engine_kwargs_for(url)
+    try:
+        return RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
+        )
+    except (ImportError, optuna.exceptions.StorageInternalError) as exc:
+        raise UsageError(f"cannot open storage {make_url(url)!r}: {exc}") from None
+
+
+# --- sampler and pruner ----------------------------------------------------------------
+
+
+def make_sampler(
+    spec: StudySpec, space: dict[str, Any] | None = None
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded; ``space`` (the resolved space) is needed for grid."""
+    s = spec.sampler
+    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    match s.name:
+        case "tpe":
+            return optuna.samplers.TPESampler(
+                seed=s.seed, multivariate=True, group=True, warn_independent_sampling=False,
+                **startup,
+            )
+        case "random":
+            return optuna.samplers.RandomSampler(seed=s.seed)
+        case "grid":
+            if space is None:
+                space = spaces.resolve_space(spec, get_objective(spec.objective))
+            return optuna.samplers.GridSampler(spaces.grid(space), seed=s.seed)
+        case "gp":
+            return optuna.samplers.GPSampler(
+                seed=s.seed, warn_independent_sampling=False, **startup
+            )
+        case "cmaes":
+            return optuna.samplers.CmaEsSampler(
+                seed=s.seed, warn_independent_sampling=False, **startup
+            )
+        case "nsga2":
+            # A population of 50 would leave a modest budget all random: scale it down.
+            population = max(4, min(50, spec.budget.n_trials // 4))
+            return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=population)
+        case "qmc":
+            return optuna.samplers.QMCSampler(
+                seed=s.seed, scramble=s.seed is not None, warn_independent_sampling=False
+            )
+    raise SpecError(f"unknown sampler {s.name!r}")
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner (hyperband by default, none for several metrics); epochs are steps."""
+    p = spec.resolved_pruner
+    median = optuna.pruners.MedianPruner(
+        n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+    )
+    match p.name:
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=p.min_resource, max_resource=spec.budget.max_epochs,
+                reduction_factor=p.reduction_factor,
+            )
+        case "median":
+            return median
+        case "percentile":
+            return optuna.pruners.PercentilePruner(
+                p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+            )
+        case "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=p.min_resource, reduction_factor=p.reduction_factor
+            )
+        case "patient":
+            return optuna.pruners.PatientPruner(median, patience=p.patience)
+        case "threshold":
+            return optuna.pruners.ThresholdPruner(
+                lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps
+            )
+        case "none":
+            return optuna.pruners.NopPruner()
+    raise SpecError(f"unknown pruner {p.name!r}")
+
+
+# --- studies ---------------------------------------------------------------------------
+
+
+def create_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | str, study_name: str | None = None
+) -> optuna.Study:
+    """Create (or load, to resume) the study for ``spec``; the spec is kept in the study.
+
+    Checks what needs the objective (unknown dimensions, grid size) before anything runs.
+    """
+    space = spaces.resolve_space(spec, get_objective(spec.objective))
+    metrics = resolved_metrics(spec, spec.task)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        sampler=make_sampler(spec, space),
+        pruner=make_pruner(spec),
+        directions=[m.direction for m in metrics],
+        load_if_exists=True,
+    )
+    names = [m.name for m in metrics]
+    if len(study.directions) != len(names):
+        raise UsageError(
+            f"study {study.study_name!r} already exists with {len(study.directions)} "
+            f"objective(s), but the spec has {len(names)} metric(s); rename the spec"
+        )
+    study.set_user_attr("spec", spec.model_dump(mode="json", exclude_none=True))
+    study.set_user_attr("metrics", names)
+    study.set_metric_names(names)
+    return study
+
+
+def load_spec_of(study: optuna.Study) -> StudySpec:
+    """The spec a study was created from."""
+    data = study.user_attrs.get("spec")
+    if data is None:
+        raise UsageError(
+            f"study {study.study_name!r} was not created by tuner (it has no spec); "
+            "export and show work only on tuner studies"
+        )
+    return parse_spec(data)
+
+
+def load_study(storage: optuna.storages.BaseStorage | str, study_name: str) -> optuna.Study:
+    """Load a study by name, or say which studies the storage has."""
+    if isinstance(storage, str):
+        storage = make_storage(storage)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UsageError(
+            f"no study named {study_name!r} in this storage; "
+            f"it has: {', '.join(names) or 'no studies'}"
+        ) from None
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def configure_torch(parallel: int, threads: int | None = None) -> int:
+    """Give each of ``parallel`` trials on this machine an equal share of the cores."""
+    n = threads or max(1, _cores() // max(1, parallel))
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda when present (``auto``), else cpu; ``cuda:N`` pins one GPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {requested!r} asked for, but no GPU is visible; use cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(
+                f"device {requested!r} does not exist: this machine has {count} GPU(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {requested!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    storage_url: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    data_root: str | Path | None = None,
+    device: str = "auto",
+) -> optuna.Study:
+    """Run a study in this process until it holds ``n_trials`` finished trials.
+
+    ``n_trials`` (default ``budget.n_trials``) counts trials already in the study, so
+    running the same spec again resumes an interrupted study. Trials run one at a time
+    with every core: threads within torch beat Python threads around it, and
+    ``parallelism`` is for the service's workers (separate processes).
+    """
+    settings = get_settings()
+    torch_device = pick_device(device)
+    root = data_root or settings.data_root
+    configure_torch(1, settings.torch_threads)
+    load_data(spec, root, torch_device)  # now, so a bad dataset fails before any trial
+    storage = make_storage(storage_url or settings.database_url)
+    study = create_study(spec, storage, spec.name)
+    total = n_trials or spec.budget.n_trials
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done < total:
+        study.optimize(
+            lambda trial: evaluate(spec, trial, data_root=root, device=torch_device),
+            n_trials=total - done,
+            timeout=timeout or spec.budget.timeout_s,
+            catch=(Diverged,),
+            callbacks=list(callbacks),
+            gc_after_trial=False,
+        )
+    return study

@@ -1,0 +1,144 @@
+"""Best trial -> a runnable spec with every searched value fixed; retrain it; save weights.
+
+The exported spec is an ordinary ``StudySpec``: its search space holds plain values
+only, so running or retraining it trains exactly the trial's configuration, with the
+same seed, and reaches the same validation metric on CPU. ``provenance`` says where
+it came from (study, trial, metrics, dataset fingerprint, package versions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel
+from safetensors.torch import save_file
+
+from tuner import space as spaces
+from tuner.engine import UsageError, load_spec_of, load_study, pick_device
+from tuner.objective import fit, get_objective, load_data
+from tuner.spec import SpecError, StudySpec, parse_spec
+from tuner.train import TrainResult
+
+__all__ = ["export_best", "fixed_hp", "pick_trial", "retrain", "save_model", "versions"]
+
+
+def versions() -> dict[str, str]:
+    """Versions of what decides a trial's result, recorded in provenance."""
+    found = {"python": platform.python_version()}
+    for package in ("tuner", "torch", "optuna", "numpy", "scikit-learn"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
+    """Trial ``trial_number``, or the best: for several metrics, the Pareto trial best
+    on the first metric."""
+    if trial_number is not None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not trials:
+            raise UsageError(
+                f"study {study.study_name!r} has no trial {trial_number}; "
+                f"trials are numbered 0..{len(study.trials) - 1}"
+            )
+        if trials[0].state != TrialState.COMPLETE:
+            raise UsageError(
+                f"trial {trial_number} is {trials[0].state.name.lower()}, not complete; "
+                "export a completed trial"
+            )
+        return trials[0]
+    best = study.best_trials
+    if not best:
+        raise UsageError(
+            f"study {study.study_name!r} has no completed trial yet; run more trials"
+        )
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+    return min(best, key=lambda t: (sign * t.values[0], t.number))
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def export_best(
+    storage: optuna.storages.BaseStorage | str, study_name: str, *, trial_number: int | None = None
+) -> StudySpec:
+    """The study's spec with the chosen trial's values fixed, ready to run or retrain."""
+    study = load_study(storage, study_name)
+    spec = load_spec_of(study)
+    trial = pick_trial(study, trial_number)
+    space = spaces.resolve_space(spec, get_objective(spec.objective), trial.user_attrs.get("task"))
+    fixed = spaces.fix(space, trial.params)
+    metrics = {
+        k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    }
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data.update(
+        search_space={dim: _dump(value) for dim, value in fixed.items()},
+        budget={**data["budget"], "n_trials": 1},
+        pruner={"name": "none"},
+        provenance={
+            "study": study.study_name,
+            "trial_number": trial.number,
+            "trial_id": trial._trial_id,
+            "values": list(trial.values),
+            "metrics": metrics,
+            "dataset_fingerprint": trial.user_attrs.get("dataset_fingerprint"),
+            "versions": versions(),
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return parse_spec({k: v for k, v in data.items() if v is not None})
+
+
+def fixed_hp(spec: StudySpec, task: str | None = None) -> dict[str, Any]:
+    """The hyperparameters of a spec whose every dimension is a plain value."""
+    space = spaces.resolve_space(spec, get_objective(spec.objective), task)  # type: ignore[arg-type]
+    try:
+        return spaces.suggest(optuna.trial.FixedTrial({}), space)
+    except ValueError as exc:
+        if isinstance(exc, SpecError):
+            raise
+        searched = ", ".join(spaces.distributions(space))
+        raise SpecError(
+            f"this spec still searches {searched}; train needs every value fixed: "
+            "export a trial first (tuner export STUDY -o best.yaml) or write plain values"
+        ) from None
+
+
+def retrain(
+    spec: StudySpec, *, data_root: str | Path | None = None, device: str = "auto"
+) -> TrainResult:
+    """Train the spec's one configuration with its seed, as the trial did."""
+    target = pick_device(device)
+    data = load_data(spec, data_root, target)
+    return fit(spec, fixed_hp(spec, data.task), data, target)
+
+
+def save_model(result: TrainResult, path: str | Path, hp: dict[str, Any]) -> Path:
+    """Write the trained weights as safetensors, the hp and metrics as metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in result.model.state_dict().items()
+    }
+    metadata = {
+        "hp": json.dumps(hp),
+        "metrics": json.dumps({k: v for k, v in result.metrics.items() if math.isfinite(v)}),
+        "torch": torch.__version__,
+    }
+    save_file(tensors, str(path), metadata=metadata)
+    return path

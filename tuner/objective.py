@@ -1,0 +1,295 @@
+"""Model families (objectives) and the Optuna objective that trains one trial.
+
+An objective is a model family: a name, the default search space over the common
+dimensions, its own parameters (``params``: name -> type) and ``build(hp, data)``.
+Built-ins are registered as entry points in the ``tuner.objectives`` group, so a
+package can add its own family the same way:
+
+    [project.entry-points."tuner.objectives"]
+    resnet = "mypkg.tuning:RESNET"
+
+>>> get_objective("mlp").name
+'mlp'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from tuner import data as datasets
+from tuner import models, train
+from tuner.space import resolve_space, suggest
+from tuner.spec import (
+    CLASSIFICATION_LOSSES,
+    GLOBAL_METRICS,
+    LOSSES,
+    Branches,
+    Choice,
+    Dimension,
+    Metric,
+    Range,
+    SpecError,
+    StudySpec,
+    Task,
+)
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "Cancelled",
+    "Objective",
+    "evaluate",
+    "fit",
+    "get_objective",
+    "list_objectives",
+    "load_data",
+    "resolved_metrics",
+]
+
+
+class Cancelled(Exception):
+    """Raised between epochs when the trial's job was cancelled."""
+
+
+class Objective:
+    """A model family: its default search space and how to build a model from hp."""
+
+    name: str = ""
+    description: str = ""
+    params: dict[str, type] = {}  # noqa: RUF012 - read-only class default
+
+    def default_space(self, task: Task | None) -> dict[str, Dimension]:
+        """Search space used for every dimension the spec leaves out."""
+        space: dict[str, Dimension] = {
+            "lr": Range(low=1e-4, high=0.3, log=True),
+            "batch_size": Choice(choices=[32, 64, 128]),
+            "optimizer": Branches(choices={
+                "sgd": {
+                    "momentum": Range(low=0.0, high=0.99),
+                    "nesterov": Choice(choices=[True, False]),
+                },
+                "adam": {},
+                "adamw": {},
+            }),
+            "weight_decay": Range(low=1e-6, high=1e-2, log=True),
+            "dropout": Range(low=0.0, high=0.5),
+            "l1": 0.0,
+            "batch_norm": Choice(choices=[True, False]),
+            "patience": 5,
+            "grad_clip": 0.0,
+            "depth": Range(low=1, high=4),
+            "width": Range(low=16, high=256, log=True),
+            "schedule": Choice(choices=["none", "cosine"]),
+        }
+        if task is not None:  # unknown until loaded: train then uses the task's usual loss
+            space["loss"] = Choice(choices=_default_losses(task))
+        return space
+
+    def build(self, hp: dict[str, Any], data: datasets.Dataset) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Name, description and default space as JSON, for ``GET /v1/objectives``."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": {k: v.__name__ for k, v in self.params.items()},
+            "default_space": {
+                task: {
+                    dim: value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+                    for dim, value in self.default_space(task).items()
+                }
+                for task in ("classification", "regression")
+            },
+        }
+
+
+def _default_losses(task: Task) -> list[str]:
+    if task == "classification":
+        return ["cross_entropy", "label_smoothing"]
+    return [name for name in LOSSES if name not in CLASSIFICATION_LOSSES][:3]
+
+
+def _n_outputs(data: datasets.Dataset) -> int:
+    return data.n_classes if data.task == "classification" else 1
+
+
+class _MLP(Objective):
+    name = "mlp"
+    description = "Fully connected network (depth hidden layers of width units) for tabular data."
+
+    def build(self, hp: dict[str, Any], data: datasets.Dataset) -> nn.Module:
+        return models.build_mlp(
+            data.n_features, _n_outputs(data), depth=hp["depth"], width=hp["width"],
+            dropout=hp["dropout"], batch_norm=hp["batch_norm"],
+        )
+
+
+class _CNN(Objective):
+    name = "cnn"
+    description = (
+        "Small convolutional network for image-shaped data such as digits 8x8 "
+        "(depth conv blocks, width = channels); falls back to 1-D rows for tabular data."
+    )
+
+    def default_space(self, task: Task | None) -> dict[str, Dimension]:
+        return {
+            **super().default_space(task),
+            "depth": 2,
+            "width": Choice(choices=[8, 16, 32]),
+        }
+
+    def build(self, hp: dict[str, Any], data: datasets.Dataset) -> nn.Module:
+        return models.build_cnn(
+            data.image_shape, data.n_features, _n_outputs(data), depth=hp["depth"],
+            width=hp["width"], dropout=hp["dropout"], batch_norm=hp["batch_norm"],
+        )
+
+
+MLP = _MLP()
+CNN = _CNN()
+
+
+@cache
+def get_objective(name: str) -> Objective:
+    """The objective registered under ``name`` in the ``tuner.objectives`` group."""
+    found = entry_points(group="tuner.objectives", name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group="tuner.objectives"))
+        raise SpecError(f"unknown objective {name!r}; registered: {', '.join(known)}")
+    return next(iter(found)).load()
+
+
+def list_objectives() -> list[dict[str, Any]]:
+    """Every registered objective, described as JSON."""
+    names = sorted({ep.name for ep in entry_points(group="tuner.objectives")})
+    return [get_objective(name).describe() for name in names]
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def resolved_metrics(spec: StudySpec, task: Task | None) -> list[Metric]:
+    """The spec's metrics with directions, or the task's default when it lists none."""
+    if spec.metrics:
+        return [m.model_copy(update={"direction": m.resolved_direction}) for m in spec.metrics]
+    if task is None:
+        raise SpecError(
+            f"dataset {spec.dataset.name!r} does not say its task: set dataset.task "
+            "(classification or regression) or list metrics"
+        )
+    if task == "classification":
+        return [Metric(name="val_accuracy", direction="maximize")]
+    return [Metric(name="val_rmse", direction="minimize")]
+
+
+def _monitor(metric: Metric) -> str | None:
+    """The first metric when the training loop can report it after each epoch."""
+    if metric.name.startswith("val_") and metric.base not in GLOBAL_METRICS:
+        return metric.name
+    return None
+
+
+# --- one trial -----------------------------------------------------------------------
+
+
+_ON_DEVICE: dict[tuple[str, str], datasets.Dataset] = {}
+_MAX_ON_DEVICE = 8
+
+
+def load_data(
+    spec: StudySpec, data_root: str | Path | None, device: torch.device | str
+) -> datasets.Dataset:
+    """The spec's dataset on ``device``: loaded once per process (``data`` caches), moved once."""
+    data = datasets.load_dataset(spec.dataset, None if data_root is None else Path(data_root))
+    key = (data.fingerprint, str(device))
+    if key not in _ON_DEVICE:
+        if len(_ON_DEVICE) >= _MAX_ON_DEVICE:
+            _ON_DEVICE.pop(next(iter(_ON_DEVICE)))
+        _ON_DEVICE[key] = data.to(device)
+    return _ON_DEVICE[key]
+
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def fit(
+    spec: StudySpec,
+    hp: dict[str, Any],
+    data: datasets.Dataset,
+    device: torch.device | str,
+    on_epoch: EpochHook | None = None,
+) -> train.TrainResult:
+    """Seed, build and train one configuration: the same steps for a trial and a retrain."""
+    metric = resolved_metrics(spec, data.task)[0]
+    monitor = _monitor(metric)
+    train.seed_everything(spec.seed)
+    model = get_objective(spec.objective).build(hp, data)
+    return train.train(
+        model, data, hp, seed=spec.seed, device=device,
+        monitor=monitor or "val_loss",
+        direction=metric.direction if monitor else "minimize",  # type: ignore[arg-type]
+        on_epoch=on_epoch,
+    )
+
+
+def evaluate(
+    spec: StudySpec,
+    trial: optuna.Trial,
+    *,
+    data_root: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], bool] | None = None,
+) -> float | list[float]:
+    """The Optuna objective: suggest, train with per-epoch pruning, return the metrics.
+
+    Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task`` and
+    ``dataset_fingerprint`` as trial user attributes (``fail_reason`` on divergence).
+    """
+    data = load_data(spec, data_root, device)
+    hp = suggest(trial, resolve_space(spec, get_objective(spec.objective), data.task))
+    trial.set_user_attr("hp", hp)
+    trial.set_user_attr("task", data.task)
+    trial.set_user_attr("dataset_fingerprint", data.fingerprint)
+    metrics = resolved_metrics(spec, data.task)
+    monitor = _monitor(metrics[0])
+    prunable = len(metrics) == 1 and monitor is not None
+    curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+
+    def on_epoch(epoch: int, values: dict[str, float]) -> None:
+        for name, curve in curves.items():
+            curve.append(values[name])
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled after epoch {epoch}")
+        if prunable:
+            trial.report(values[monitor], epoch)  # type: ignore[index]
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    try:
+        result = fit(spec, hp, data, device, on_epoch)
+    except (optuna.TrialPruned, Cancelled, train.Diverged) as exc:
+        trial.set_user_attr("curves", curves)
+        trial.set_user_attr("epochs_run", len(curves["train_loss"]))
+        if isinstance(exc, train.Diverged):
+            trial.set_user_attr("fail_reason", str(exc))
+        raise
+    trial.set_user_attr("metrics", result.metrics)
+    trial.set_user_attr("curves", result.curves)
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    missing = [m.name for m in metrics if m.name not in result.metrics]
+    if missing:
+        raise SpecError(f"training did not produce {', '.join(missing)}")
+    values = [float(result.metrics[m.name]) for m in metrics]
+    if not all(math.isfinite(v) for v in values):
+        trial.set_user_attr("fail_reason", f"metric is not a number: {values}")
+    return values[0] if len(values) == 1 else values
