@@ -1,0 +1,89 @@
+"""The FastAPI app: ``/v1`` service routes, health checks, then optuna-dashboard at ``/``.
+
+>>> from tuner.settings import Settings
+>>> app = create_app(Settings(database_url="sqlite:///studies/tuner.db"))  # doctest: +SKIP
+
+The database must already be migrated (``tuner.jobs.migrate``; ``tuner serve`` does
+it on start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+
+from api import errors
+from api.dashboard import dashboard_app
+from api.routes import catalog, events, health, jobs, trials
+from tuner.engine import make_storage
+from tuner.jobs import JobStore, make_engine
+from tuner.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Submit PyTorch hyperparameter tuning jobs, watch them live and take away the best
+configuration and weights. Studies run on Optuna; optuna-dashboard is served at `/`.
+
+Every refusal is JSON `{"detail": "..."}` that says what to change.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app on ``settings`` (default: the TUNER_* environment)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    storage = make_storage(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+        storage.engine.dispose()
+
+    app = FastAPI(
+        title="Tuner",
+        version=version("tuner"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = JobStore(engine)
+    app.state.storage = storage
+    errors.install(app)
+    for module in (jobs, trials, events, catalog, health):
+        app.include_router(module.router)
+    app.add_api_route(
+        "/v1/{path:path}",
+        _no_such_route,
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        include_in_schema=False,
+    )
+    app.mount("/", dashboard_app(storage), name="dashboard")
+    return app
+
+
+async def _no_such_route(request: Request) -> JSONResponse:
+    """Unknown ``/v1`` paths get JSON advice instead of the dashboard's HTML 404."""
+    allowed = sorted(
+        method
+        for route in request.app.router.routes
+        if isinstance(route, APIRoute) and route.endpoint is not _no_such_route
+        and route.matches({"type": "http", "path": request.url.path, "method": ""})[0]
+        != Match.NONE
+        for method in route.methods
+    )
+    if allowed:
+        return JSONResponse(
+            {"detail": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
+            status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return JSONResponse(
+        {"detail": f"no route {request.url.path}; see /docs for the API's routes"},
+        status_code=status.HTTP_404_NOT_FOUND,
+    )

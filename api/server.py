@@ -1,0 +1,40 @@
+"""``tuner serve``: migrate, start the embedded workers, serve the API and dashboard.
+
+One process tree on one port: uvicorn runs the app; ``settings.workers`` worker
+processes (none with ``workers=0``) run trials against the same database. Stopping
+the server (Ctrl-C, SIGTERM) stops the workers too.
+
+Run directly with ``python -m api.server`` (settings from TUNER_* variables).
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from api.app import create_app
+from tuner.jobs import migrate
+from tuner.settings import Settings, get_settings
+from tuner.worker import WorkerPool
+
+
+def serve(settings: Settings) -> None:
+    """Serve until interrupted; returns after the workers have stopped."""
+    migrate(settings.database_url)
+    pool = WorkerPool(settings.workers, settings) if settings.workers else None
+    if pool is not None:
+        pool.start()
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if pool is not None:
+            pool.stop()
+
+
+if __name__ == "__main__":
+    serve(get_settings())
