@@ -1,0 +1,119 @@
+"""Metrics of a trained model on one split, under the names ``tuner.spec`` knows.
+
+``evaluate_split`` returns bare names (``accuracy``, ``r2``, ``loss``); ``train``
+prefixes them with the split (``val_accuracy``). Ranking metrics that are undefined on
+a split (roc_auc when a class is missing from it) are left out rather than NaN.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Linear(2, 2)
+>>> x, y = torch.randn(8, 2), torch.tensor([0, 1] * 4)
+>>> sorted(evaluate_split(model, x, y, "classification", nn.CrossEntropyLoss()))[:3]
+['accuracy', 'average_precision', 'f1']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn import metrics as skm
+from torch import nn
+
+from tuner.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
+
+EVAL_CHUNK = 16384
+"""Rows per forward pass when evaluating: large, but bounded in memory."""
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Model outputs for ``x`` in eval mode, in large chunks, without autograd."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return torch.cat([model(chunk) for chunk in x.split(EVAL_CHUNK)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate_split(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: Task,
+    criterion: nn.Module,
+    *,
+    names: Collection[str] | None = None,
+    target_scale: float = 1.0,
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``(x, y)``: all of the task's, or only ``names``.
+
+    ``loss`` is ``criterion`` on the split. ``target_scale`` (the std regression
+    targets were divided by) puts mse, rmse and mae back in the target's units.
+    An empty split gives ``{}``.
+    """
+    known = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    wanted = set(known if names is None else names)
+    if wanted - known:
+        raise ValueError(
+            f"unknown {task} metrics {sorted(wanted - known)}; known: {', '.join(sorted(known))}"
+        )
+    if len(x) == 0:
+        return {}
+    output = predict(model, x)
+    scores: dict[str, float] = {}
+    if "loss" in wanted:
+        with torch.inference_mode():
+            scores["loss"] = criterion(output, y).item()
+    wanted.discard("loss")
+    if wanted and task == "classification":
+        scores |= _classification(output, y, wanted)
+    elif wanted:
+        scores |= _regression(output, y, wanted, target_scale)
+    return scores
+
+
+def _classification(logits: torch.Tensor, y: torch.Tensor, wanted: set[str]) -> dict[str, float]:
+    logits = logits.double()
+    scores: dict[str, float] = {}
+    if "log_loss" in wanted:
+        scores["log_loss"] = F.cross_entropy(logits, y).item()
+    proba = torch.softmax(logits, dim=-1).cpu().numpy()
+    truth = y.cpu().numpy()
+    pred = proba.argmax(axis=1)
+    if "accuracy" in wanted:
+        scores["accuracy"] = float((pred == truth).mean())
+    if wanted & {"precision", "recall", "f1"}:
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            truth, pred, average="macro", zero_division=0
+        )
+        scores |= {"precision": float(p), "recall": float(r), "f1": float(f)}
+    k = proba.shape[1]
+    ranked = wanted & {"roc_auc", "average_precision"}
+    if ranked and len(np.unique(truth)) == k:  # undefined when a class is absent
+        score = proba[:, 1] if k == 2 else proba
+        if "roc_auc" in ranked:
+            multi = {} if k == 2 else {"multi_class": "ovr", "average": "macro"}
+            scores["roc_auc"] = float(skm.roc_auc_score(truth, score, **multi))
+        if "average_precision" in ranked:
+            scores["average_precision"] = float(
+                skm.average_precision_score(truth, score, average="macro")
+            )
+    return {name: v for name, v in scores.items() if name in wanted}
+
+
+def _regression(
+    output: torch.Tensor, y: torch.Tensor, wanted: set[str], scale: float
+) -> dict[str, float]:
+    pred = output.reshape(-1).double()
+    truth = y.double()
+    err = pred - truth
+    sq = (err**2).mean().item()
+    scores = {"mse": sq * scale**2, "rmse": sq**0.5 * scale, "mae": err.abs().mean().item() * scale}
+    spread = ((truth - truth.mean()) ** 2).sum().item()
+    if spread > 0:
+        scores["r2"] = 1 - (err**2).sum().item() / spread
+    return {name: v for name, v in scores.items() if name in wanted}
