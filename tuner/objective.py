@@ -285,7 +285,7 @@ def evaluate(
         raise
     trial.set_user_attr("metrics", result.metrics)
     trial.set_user_attr("curves", result.curves)
-    trial.set_user_attr("epochs_run", result.epochs_run)
+    trial.set_user_attr("epochs_run", int(result.metrics["epochs_run"]))
     missing = [m.name for m in metrics if m.name not in result.metrics]
     if missing:
         raise SpecError(f"training did not produce {', '.join(missing)}")

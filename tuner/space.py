@@ -61,7 +61,8 @@ class SpaceOwner(Protocol):
 
 
 def _kind(dim: str, value: Range) -> type:
-    """int or float: the declared type of a known dimension, else what the bounds say."""
+    """int or float: the declared type of a common dimension, else the bounds' type
+    (``resolve_space`` gives objective parameters bounds of their declared type)."""
     if dim in SCALARS:
         return SCALARS[dim]
     numbers = (value.low, value.high) if value.step is None else (value.low, value.high, value.step)
@@ -201,15 +202,15 @@ def resolve_space(
 
 
 def _typed(value: Any, kind: type) -> Any:
-    """Give an int-declared objective parameter integer bounds, so it is suggested as int."""
-    if kind is int and isinstance(value, Range):
-        if not all(float(v).is_integer() for v in (value.low, value.high, value.step or 1)):
-            raise SpecError("an integer parameter needs whole-number low, high and step")
-        step = None if value.step is None else int(value.step)
-        return Range(low=int(value.low), high=int(value.high), log=value.log, step=step)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    """Give an objective parameter's range bounds of its declared type (int or float),
+    which is what ``suggest`` reads to pick ``suggest_int`` or ``suggest_float``."""
+    if not isinstance(value, Range) or kind not in (int, float):
+        return value
+    numbers = (value.low, value.high, value.step or 1)
+    if kind is int and not all(float(v).is_integer() for v in numbers):
+        raise SpecError("an integer parameter needs whole-number low, high and step")
+    step = None if value.step is None else kind(value.step)
+    return Range(low=kind(value.low), high=kind(value.high), log=value.log, step=step)
 
 
 def fix(space: Mapping[str, Dimension], params: Mapping[str, Any]) -> dict[str, Dimension]:
