@@ -99,6 +99,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     study_name: Mapped[str] = mapped_column(String(128), unique=True)
+    direction: Mapped[str | None] = mapped_column(String(8))  # None: several metrics
     best_value: Mapped[float | None] = mapped_column(Float)
     best_trial: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]

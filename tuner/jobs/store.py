@@ -257,6 +257,7 @@ class JobStore:
             timeout_s=spec.budget.timeout_s, parallelism=spec.parallelism, started=0,
             finished=0, cancel_requested=False, idempotency_key=idempotency_key,
             request_hash=digest, study_name=study_name, created_at=now, updated_at=now,
+            direction=study.direction.name.lower() if len(study.directions) == 1 else None,
         )
         try:
             with self._tx() as s:
@@ -340,6 +341,13 @@ class JobStore:
             job = self._lock(s, job_id, owner)
             _transition(s, job, "resume", f"resumed after {job.finished} of {job.n_trials} trials")
         return job
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """End an active job that cannot run (its spec or data is broken); else no-op."""
+        with self._tx() as s:
+            job = self._lock(s, job_id)
+            if job.is_active:
+                _transition(s, job, "fail", reason)
 
     def update(
         self,
@@ -604,12 +612,11 @@ class JobStore:
             "number": slot.trial_number, "state": trial_state.name, "values": values,
             "finished": job.finished, "n_trials": job.n_trials, "reason": reason,
         })
-        if trial_state != TrialState.COMPLETE or not values or len(values) != 1:
+        if trial_state != TrialState.COMPLETE or not values or job.direction is None:
             return
         value = values[0]
-        maximize = (job.spec.get("metrics") or [{}])[0].get("direction") == "maximize"
         improved = job.best_value is None or (
-            value > job.best_value if maximize else value < job.best_value
+            value > job.best_value if job.direction == "maximize" else value < job.best_value
         )
         if improved and math.isfinite(value):
             job.best_value, job.best_trial = value, slot.trial_number

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.String(255), nullable=True),
         sa.Column("request_hash", sa.String(64), nullable=True),
         sa.Column("study_name", sa.String(128), nullable=False),
+        sa.Column("direction", sa.String(8), nullable=True),
         sa.Column("best_value", sa.Float(), nullable=True),
         sa.Column("best_trial", sa.Integer(), nullable=True),
         _ts("created_at"),
