@@ -15,12 +15,12 @@ from importlib.metadata import version
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.routing import Match
+from optuna.artifacts import FileSystemArtifactStore
+from starlette.routing import Match, Mount
 
 from api import errors
 from api.dashboard import dashboard_app
-from api.routes import catalog, events, health, jobs, trials
+from api.routes import artifacts, catalog, events, health, jobs, trials
 from tuner.engine import make_storage
 from tuner.jobs import JobStore, make_engine
 from tuner.settings import Settings, get_settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     storage = make_storage(settings.database_url)
+    artifact_store = FileSystemArtifactStore(settings.artifact_root)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,31 +53,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.store = JobStore(engine)
+    app.state.store = JobStore(engine, storage)
     app.state.storage = storage
+    app.state.artifacts = artifact_store
     errors.install(app)
-    for module in (jobs, trials, events, catalog, health):
+    for module in (jobs, trials, events, artifacts, catalog, health):
         app.include_router(module.router)
     app.add_api_route(
         "/v1/{path:path}",
         _no_such_route,
-        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        methods=list(METHODS),
         include_in_schema=False,
     )
-    app.mount("/", dashboard_app(storage), name="dashboard")
+    app.mount("/", dashboard_app(storage, artifact_store), name="dashboard")
     return app
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 async def _no_such_route(request: Request) -> JSONResponse:
-    """Unknown ``/v1`` paths get JSON advice instead of the dashboard's HTML 404."""
-    allowed = sorted(
+    """Unknown ``/v1`` paths and methods get JSON advice, not the dashboard's HTML 404."""
+    routes = [
+        r
+        for r in request.app.router.routes
+        if not isinstance(r, Mount) and getattr(r, "endpoint", None) is not _no_such_route
+    ]
+    allowed = [
         method
-        for route in request.app.router.routes
-        if isinstance(route, APIRoute) and route.endpoint is not _no_such_route
-        and route.matches({"type": "http", "path": request.url.path, "method": ""})[0]
-        != Match.NONE
-        for method in route.methods
-    )
+        for method in METHODS
+        if any(
+            r.matches({"type": "http", "path": request.url.path, "method": method})[0]
+            == Match.FULL
+            for r in routes
+        )
+    ]
     if allowed:
         return JSONResponse(
             {"detail": f"{request.method} is not allowed here; use {', '.join(allowed)}"},

@@ -9,11 +9,13 @@ job's study (``job-<id>``) shows up live.
 from __future__ import annotations
 
 from a2wsgi import WSGIMiddleware
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import BaseStorage
 from optuna_dashboard import wsgi
 from starlette.types import ASGIApp
 
 
-def dashboard_app(storage: BaseStorage) -> ASGIApp:
-    """optuna-dashboard's WSGI app behind a WSGI -> ASGI adapter."""
-    return WSGIMiddleware(wsgi(storage))  # type: ignore[arg-type]
+def dashboard_app(storage: BaseStorage, artifacts: ArtifactStore) -> ASGIApp:
+    """optuna-dashboard's WSGI app behind a WSGI -> ASGI adapter; it lists each
+    trial's saved weights from the same artifact store."""
+    return WSGIMiddleware(wsgi(storage, artifact_store=artifacts))  # type: ignore[arg-type]

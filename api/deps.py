@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import BaseStorage
 
 from tuner.jobs import Job, JobStore
@@ -32,6 +33,10 @@ def _storage(request: Request) -> BaseStorage:
     return request.app.state.storage
 
 
+def _artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
 def current_owner() -> str:
     """Who is asking. Without API keys every caller is the local owner."""
     return LOCAL_OWNER
@@ -40,9 +45,10 @@ def current_owner() -> str:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 StorageDep = Annotated[BaseStorage, Depends(_storage)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 CurrentOwner = Annotated[str, Depends(current_owner)]
 JobId = Annotated[
-    int, Path(description="The job's id, as returned by POST /v1/jobs.", ge=1, le=2**31 - 1)
+    str, Path(description="The job's id, as returned by POST /v1/jobs.", max_length=64)
 ]
 
 

@@ -70,7 +70,9 @@ class ErrorOut(Out):
 
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No such job (for this caller)."}}
-CONFLICT: Responses = {409: {"model": ErrorOut, "description": "The job's state does not allow it."}}
+CONFLICT: Responses = {
+    409: {"model": ErrorOut, "description": "The job's state does not allow it."}
+}
 INVALID: Responses = {
     422: {"model": ErrorOut, "description": "The request needs a change; detail says which."}
 }
@@ -166,7 +168,7 @@ class Best(Out):
 class JobSummary(Out):
     """A job as listed: what it is and how far it got, without reading its trials."""
 
-    id: int
+    id: str
     name: str
     owner: str
     state: JobState

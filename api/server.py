@@ -10,11 +10,11 @@ Run directly with ``python -m api.server`` (settings from TUNER_* variables).
 from __future__ import annotations
 
 import uvicorn
+from tuner.worker import WorkerPool
 
 from api.app import create_app
 from tuner.jobs import migrate
 from tuner.settings import Settings, get_settings
-from tuner.worker import WorkerPool
 
 
 def serve(settings: Settings) -> None:

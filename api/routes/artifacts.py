@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
+from optuna.artifacts import get_all_artifact_meta
+from optuna.artifacts.exceptions import ArtifactNotFound
 
-from api.deps import JobDep, SettingsDep, StorageDep
+from api.deps import ArtifactsDep, JobDep, StorageDep
 from api.errors import Conflict
 from api.schemas import NOT_FOUND, ErrorOut
 from api.views import load_study
 from tuner.engine import UsageError
-from tuner.export import export_best, model_path, pick_trial
+from tuner.export import export_best, pick_trial
 from tuner.spec import dump_spec
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"])
@@ -21,7 +23,7 @@ MEDIA_TYPES = {"yaml": "application/yaml", "json": "application/json"}
 NOT_READY = {409: {"model": ErrorOut, "description": "No trial has completed yet."}}
 
 
-def _no_best_yet(job_id: int) -> Conflict:
+def _no_best_yet(job_id: str) -> Conflict:
     return Conflict(
         f"job {job_id} has no completed trial yet; wait for one "
         f"(GET /v1/jobs/{job_id} shows trials.complete) and try again"
@@ -60,7 +62,7 @@ def best_config(
 
 @router.get(
     "/best-model",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         200: {
             "description": "The best trial's weights (safetensors; hp and metrics in metadata).",
@@ -71,23 +73,33 @@ def best_config(
     },
     summary="Download the best trial's weights (safetensors)",
 )
-def best_model(job: JobDep, storage: StorageDep, settings: SettingsDep) -> FileResponse:
-    """Weights are kept for the job's top trials only; the best is always among them."""
+def best_model(job: JobDep, storage: StorageDep, artifacts: ArtifactsDep) -> StreamingResponse:
+    """Workers keep the weights of each job's top trials in Optuna's artifact store; the
+    best trial is always among them once its weights are written."""
     study = load_study(storage, job.study_name)
     try:
-        number = pick_trial(study).number if study else None
+        trial = pick_trial(study) if study else None
     except UsageError:
-        number = None
-    if number is None:
+        trial = None
+    if trial is None:
         raise _no_best_yet(job.id)
-    path = model_path(settings.artifact_root, job.study_name, number)
-    if not path.is_file():
+    metas = [
+        m
+        for m in get_all_artifact_meta(trial, storage=storage)
+        if m.filename.endswith(".safetensors")
+    ]
+    try:
+        reader = artifacts.open_reader(metas[-1].artifact_id) if metas else None
+    except ArtifactNotFound:
+        reader = None
+    if reader is None:
         raise Conflict(
-            f"the weights of job {job.id}'s best trial ({number}) are not saved yet; "
+            f"the weights of job {job.id}'s best trial ({trial.number}) are not saved yet; "
             "they are written when the trial ends, so try again in a moment"
         )
-    return FileResponse(
-        path,
+    filename = f"{job.name}-trial{trial.number}.safetensors"
+    return StreamingResponse(
+        reader,
         media_type="application/octet-stream",
-        filename=f"{job.name}-trial{number}.safetensors",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -32,7 +32,7 @@ def _is_terminal_state(kind: str, data: dict[str, object]) -> bool:
 
 
 async def _stream(
-    request: Request, store: JobStore, job_id: int, owner: str, after: int
+    request: Request, store: JobStore, job_id: str, owner: str, after: int
 ) -> AsyncIterator[ServerSentEvent]:
     while not await request.is_disconnected():
         # The state is read before the events, so a terminal state's event is already
