@@ -1,13 +1,18 @@
-"""Shared fixtures: one torch thread, a temporary SQLite URL, tiny fast specs."""
+"""Shared fixtures: one torch thread, temporary SQLite and PostgreSQL URLs, tiny specs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import torch
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from tuner.spec import StudySpec, parse_spec
 
@@ -57,3 +62,28 @@ def make_spec() -> Callable[..., StudySpec]:
         return parse_spec(data)
 
     return build
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards.
+
+    Skipped when no server answers, unless TUNER_REQUIRE_POSTGRES=1 (CI), where that fails.
+    """
+    admin = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("TUNER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required but not reachable: {exc}")
+        pytest.skip(f"no PostgreSQL at {admin}")
+    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
+    with conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = make_url(admin).set(drivername="postgresql+psycopg", database=name)
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            conn.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -80,10 +80,10 @@ def user_errors() -> Iterator[None]:
 
 
 def _quiet_optuna() -> None:
-    """Optuna logs each trial and warns about experimental features; the bar says enough."""
+    """Optuna logs each trial (failed ones with a traceback); the bar and table say enough."""
     import optuna
 
-    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.set_verbosity(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

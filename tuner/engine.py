@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def make_sampler(
     match s.name:
         case "tpe":
             return optuna.samplers.TPESampler(
-                seed=s.seed, multivariate=True, group=True, warn_independent_sampling=False,
+                seed=s.seed, multivariate=True, group=True,
                 **startup,
             )
         case "random":
@@ -211,7 +212,9 @@ def create_study(
         )
     study.set_user_attr("spec", spec.model_dump(mode="json", exclude_none=True))
     study.set_user_attr("metrics", names)
-    study.set_metric_names(names)
+    with warnings.catch_warnings():  # experimental since 3.2, still the way to name values
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
     return study
 
 

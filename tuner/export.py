@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from tuner import space as spaces
 from tuner.engine import UsageError, load_spec_of, load_study, pick_device
-from tuner.objective import fit, get_objective, load_data
+from tuner.objective import fit, get_objective, load_data, resolved_metrics
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult
 
@@ -86,6 +86,10 @@ def export_best(
     }
     data = spec.model_dump(mode="json", exclude_none=True)
     data.update(
+        metrics=[
+            m.model_dump(mode="json")
+            for m in resolved_metrics(spec, trial.user_attrs.get("task", spec.task))
+        ],
         search_space={dim: _dump(value) for dim, value in fixed.items()},
         budget={**data["budget"], "n_trials": 1},
         pruner={"name": "none"},
