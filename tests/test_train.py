@@ -261,6 +261,13 @@ def test_cnn_trains_on_images() -> None:
     assert result.curves["train_loss"][1] < result.curves["train_loss"][0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_keeps_model_and_data_there(cls: Dataset) -> None:
+    result = fit(cls, {"epochs": 2, "optimizer": "adamw"}, device="cuda")
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert math.isfinite(result.metrics["val_loss"]) and "test_f1" in result.metrics
+
+
 def test_one_host_sync_per_epoch_and_no_dataloader(
     cls: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

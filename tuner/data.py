@@ -195,7 +195,13 @@ def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw
     return _Raw(x, y, "regression")
 
 
-def _bundled(loader: Callable[..., Any], image_shape: tuple[int, int, int] | None = None):
+Source = Callable[[DatasetSpec, Path, int], "_Raw"]
+"""(spec, data root, byte limit) -> raw arrays."""
+
+
+def _bundled(
+    loader: Callable[..., Any], image_shape: tuple[int, int, int] | None = None
+) -> Source:
     def load(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
         _options(spec, {})
         x, y = loader(return_X_y=True)
@@ -353,7 +359,7 @@ def _npz(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
     return _Raw(x.astype(np.float64), y, spec.task, image_shape)  # type: ignore[arg-type]
 
 
-_SOURCES: dict[str, Callable[[DatasetSpec, Path, int], _Raw]] = {
+_SOURCES: dict[str, Source] = {
     "digits": _bundled(skdata.load_digits, (1, 8, 8)),
     "iris": _bundled(skdata.load_iris),
     "wine": _bundled(skdata.load_wine),
