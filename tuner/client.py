@@ -420,6 +420,27 @@ class _Deadline:
         return self.read_timeout(POLL_INTERVAL_S)
 
 
+def _progress_key(job: Job) -> tuple[object, ...]:
+    return (job.state, job.started, job.finished, job.trials, job.best)
+
+
+def _changes(jobs: Iterator[Job]) -> Iterator[Job]:
+    """Skip reads that show no progress (a ``best`` event follows its ``trial`` event)."""
+    last: tuple[object, ...] | None = None
+    for job in jobs:
+        if (key := _progress_key(job)) != last:
+            last = key
+            yield job
+
+
+async def _achanges(jobs: AsyncIterator[Job]) -> AsyncIterator[Job]:
+    last: tuple[object, ...] | None = None
+    async for job in jobs:
+        if (key := _progress_key(job)) != last:
+            last = key
+            yield job
+
+
 _FILENAME = re.compile(r'filename="?([^";/\\]+)"?')
 
 
@@ -617,7 +638,7 @@ class Client(_Base):
         """
         deadline = _Deadline(timeout)
         with closing(self._follow(job_id, deadline)) as updates:
-            for job in updates:
+            for job in _changes(updates):
                 if progress:
                     progress(job)
                 if job.done:
@@ -813,7 +834,7 @@ class AsyncClient(_Base):
 
         deadline = _Deadline(timeout)
         async with aclosing(self._follow(job_id, deadline)) as updates:
-            async for job in updates:
+            async for job in _achanges(updates):
                 if progress and inspect.isawaitable(result := progress(job)):
                     await result
                 if job.done:
