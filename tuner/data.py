@@ -195,7 +195,7 @@ def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw
     return _Raw(x, y, "regression")
 
 
-Source = Callable[[DatasetSpec, Path, int], "_Raw"]
+Source = Callable[[DatasetSpec, Path, int], _Raw]
 """(spec, data root, byte limit) -> raw arrays."""
 
 
