@@ -444,3 +444,13 @@ def test_report_of_a_real_study(tmp_path: Path) -> None:
     assert set(best.user_attrs["curves"]) >= {"train_loss", "val_loss"}
     assert all(f.kind in report.Kind.__args__ for f in report.diagnose_trial(best))
     assert history_png(study).startswith(b"\x89PNG")
+
+
+def test_a_pruned_trial_is_not_reported_as_early_stopped() -> None:
+    trial = optuna.trial.create_trial(
+        params={"lr": 0.1},
+        distributions={"lr": FloatDistribution(1e-3, 1.0)},
+        state=TrialState.PRUNED,
+        user_attrs={"curves": curves(UNDERFIT), "epochs_run": 8, "hp": {**HP, "epochs": 20}},
+    )
+    assert kinds(report.diagnose_trial(trial)) == ["underfitting"]

@@ -118,12 +118,15 @@ def diagnose(
 def diagnose_trial(trial: FrozenTrial) -> list[Finding]:
     """:func:`diagnose` on what the objective stored in a trial's user attributes."""
     attrs = trial.user_attrs
-    return diagnose(
+    findings = diagnose(
         attrs.get("curves") or {},
         hyperparameters(trial),
         epochs_run=attrs.get("epochs_run"),
         fail_reason=attrs.get("fail_reason"),
     )
+    if trial.state == TrialState.PRUNED:  # the pruner cut it short, not early stopping
+        return [f for f in findings if f.kind != "stopped_early"]
+    return findings
 
 
 def explain_importances(importances: Mapping[str, float]) -> Finding | None:
@@ -205,7 +208,7 @@ def _diverged(
     clip = hp.get("grad_clip")
     advice = (
         f"Lower lr{_now(hp, 'lr')}, about tenfold, or cap its range below this value; "
-        f"set grad_clip{f' (now {clip:g})' if clip else ' (now off)'}, e.g. 1.0, "
+        f"set grad_clip{_now(hp, 'grad_clip') if clip else ' (now off)'}, e.g. 1.0, "
         "to keep single steps from exploding."
     )
     return Finding("diverged", message, advice)
@@ -294,7 +297,7 @@ def _stopped_early(val: list[float], hp: Mapping[str, Any], epochs_run: int) -> 
     patience = hp.get("patience")
     message = f"Early stopping ended training at epoch {epochs_run} of {planned}"
     message += f" (patience {patience})." if patience is not None else "."
-    if not val:
+    if len(val) < MIN_EPOCHS:
         return Finding("stopped_early", message, "Raise patience or lower epochs to match.")
     best = min(range(len(val)), key=val.__getitem__)
     message += f" Validation loss was best at epoch {best + 1}."
@@ -316,7 +319,7 @@ def _now(hp: Mapping[str, Any], key: str) -> str:
     value = hp.get(key)
     if isinstance(value, bool) or value is None:
         return ""
-    return f" (now {value:g})" if isinstance(value, int | float) else f" (now {value})"
+    return f" (now {value:.3g})" if isinstance(value, float) else f" (now {value})"
 
 
 def _number(value: Any) -> float:
@@ -571,50 +574,37 @@ class _Page:
         study = self.study
         enough = len(self.ranked) >= 2
         need_two = "needs at least two completed trials"
-        sections = []
-        if self.multi:
-            figs = [
-                vis.plot_optimization_history(study, target=_nth(i), target_name=name)
+        # Per-objective plots: every objective's history; the first one elsewhere.
+        first = {"target": _nth(0) if self.multi else None, "target_name": self.names[0]}
+        history = (
+            [
+                vis.plot_optimization_history(
+                    study, target=_nth(i), target_name=name
+                ).update_layout(title=f"Optimization history: {name}")
                 for i, name in enumerate(self.names)
             ]
-            sections.append(self._section("history", "Optimization history", figs))
-            sections.append(
-                self._section(
-                    "pareto", "Pareto front", [vis.plot_pareto_front(study)] if enough else need_two
-                )
-            )
-        else:
-            sections.append(
-                self._section(
-                    "history", "Optimization history", [vis.plot_optimization_history(study)]
-                )
-            )
+            if self.multi
+            else [vis.plot_optimization_history(study, target_name=self.names[0])]
+        )
+        sections = [self._section("history", "Optimization history", history)]
+        if self.multi:
+            pareto = [vis.plot_pareto_front(study)] if enough else need_two
+            sections.append(self._section("pareto", "Pareto front", pareto))
         importance = (
-            [vis.plot_param_importances(study)]
+            [self._importance_figure(self.importances)]
             if isinstance(self.importances, dict)
             else self.importances
         )
         sections.append(self._section("importances", "Parameter importances", importance))
-        target = {"target": _nth(0), "target_name": self.names[0]} if self.multi else {}
-        sections.append(
-            self._section(
-                "parallel",
-                "Parallel coordinates",
-                [vis.plot_parallel_coordinate(study, **target)] if enough else need_two,
-            )
-        )
+        of_first = f" ({self.names[0]})" if self.multi else ""
+        parallel = [vis.plot_parallel_coordinate(study, **first)] if enough else need_two
+        sections.append(self._section("parallel", f"Parallel coordinates{of_first}", parallel))
         top_params = self._top_params()
-        sections.append(
-            self._section(
-                "slices",
-                f"Slice plots of the top {len(top_params)} parameters",
-                [vis.plot_slice(study, params=top_params, **target)]
-                if enough and top_params
-                else need_two
-                if not enough
-                else "No parameters to plot.",
-            )
-        )
+        slices = [vis.plot_slice(study, params=top_params, **first)] if enough else need_two
+        if not top_params:
+            slices = "No parameters to plot."
+        title = f"Slice plots of the top {len(top_params)} parameters{of_first}"
+        sections.append(self._section("slices", title, slices))
         if not self.multi:
             has_steps = any(t.intermediate_values for t in self.trials)
             sections.append(
@@ -627,6 +617,27 @@ class _Page:
                 )
             )
         return sections
+
+    def _importance_figure(self, importances: dict[str, float]) -> go.Figure:
+        """Optuna's plot for one objective; for several, the joint importances computed
+        over the Pareto front (its per-objective plot treats every objective as minimized).
+        """
+        if not self.multi:
+            return vis.plot_param_importances(self.study, target_name=self.names[0])
+        names = list(importances)[::-1]
+        return go.Figure(
+            go.Bar(
+                x=[importances[n] for n in names],
+                y=names,
+                orientation="h",
+                text=[f"{importances[n]:.2f}" for n in names],
+                textposition="outside",
+            ),
+            layout={
+                "title": "Hyperparameter importances for all objectives together",
+                "xaxis": {"title": "Importance"},
+            },
+        )
 
     def _section(self, key: str, title: str, figs: list[go.Figure] | str) -> str:
         if isinstance(figs, str):
