@@ -10,17 +10,17 @@ Run directly with ``python -m api.server`` (settings from TUNER_* variables).
 from __future__ import annotations
 
 import uvicorn
-from tuner.worker import WorkerPool
 
 from api.app import create_app
 from tuner.jobs import migrate
 from tuner.settings import Settings, get_settings
+from tuner.worker import WorkerPool
 
 
 def serve(settings: Settings) -> None:
     """Serve until interrupted; returns after the workers have stopped."""
     migrate(settings.database_url)
-    pool = WorkerPool(settings.workers, settings) if settings.workers else None
+    pool = WorkerPool(settings, settings.workers) if settings.workers else None
     if pool is not None:
         pool.start()
     try:

@@ -1,0 +1,517 @@
+"""The HTTP API through TestClient: every endpoint and its error answers.
+
+Jobs run for real: a worker runs in a thread of this process (``run_worker`` with
+``max_trials``) against the same temporary SQLite database as the app.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from api.app import create_app
+from tuner.jobs import migrate
+from tuner.settings import Settings
+from tuner.spec import parse_spec
+from tuner.worker import run_worker
+
+SPACE: dict[str, Any] = {
+    "lr": {"low": 0.01, "high": 0.1, "log": True},
+    "batch_size": 64,
+    "epochs": 2,
+    "depth": 1,
+    "width": {"choices": [8, 16]},
+    "batch_norm": False,
+    "dropout": 0.0,
+    "optimizer": "adam",
+    "schedule": "none",
+    "weight_decay": 0.0,
+    "loss": "cross_entropy",
+}
+
+
+def spec(name: str = "tiny", n_trials: int = 3, **overrides: Any) -> dict[str, Any]:
+    """A spec that trains in a blink: iris, an MLP, two epochs, random sampling."""
+    return {
+        "name": name,
+        "objective": "mlp",
+        "dataset": {"name": "iris"},
+        "budget": {"n_trials": n_trials, "max_epochs": 3},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "search_space": SPACE,
+        **overrides,
+    }
+
+
+def make_settings(root: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{root / 'tuner.db'}",
+        artifact_root=root / "artifacts",
+        data_root=root / "data",
+        workers=0,
+        poll_interval_s=0.05,
+    )
+
+
+def run_trials(settings: Settings, n: int) -> None:
+    """Run ``n`` trials with a real worker in a thread (signal handlers stay pytest's)."""
+    worker = threading.Thread(target=run_worker, args=(settings,), kwargs={"max_trials": n})
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "the worker did not finish its trials"
+
+
+def sse(response: Any) -> list[dict[str, Any]]:
+    """Parse a text/event-stream body into events: {event, id, data}."""
+    events, current = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            current[key] = value.removeprefix(" ")
+    return [{**e, "data": json.loads(e["data"])} for e in events]
+
+
+def client_for(settings: Settings) -> Iterator[TestClient]:
+    migrate(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A fresh app on an empty database."""
+    yield from client_for(settings)
+
+
+@pytest.fixture(scope="module")
+def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("api"))
+
+
+@pytest.fixture(scope="module")
+def shared(shared_settings: Settings) -> Iterator[TestClient]:
+    yield from client_for(shared_settings)
+
+
+@pytest.fixture(scope="module")
+def done(shared: TestClient, shared_settings: Settings) -> dict[str, Any]:
+    """A job that ran its three trials to the end (read-only for the tests that use it)."""
+    job = shared.post("/v1/jobs", json=spec("done")).json()
+    run_trials(shared_settings, 3)
+    return shared.get(f"/v1/jobs/{job['id']}").json()
+
+
+# --- submitting ---------------------------------------------------------------------------
+
+
+def test_submit_answers_201_with_location_and_the_job(client: TestClient) -> None:
+    response = client.post("/v1/jobs", json=spec())
+    assert response.status_code == 201
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued"
+    assert job["budget"] == {"n_trials": 3, "timeout_s": None}
+    assert job["trials"]["started"] == 0 and job["best"] is None
+    assert job["study_name"] == f"job-{job['id']}"
+    assert client.get(response.headers["location"]).json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            spec(search_space={"lr": {"low": 1, "high": 0.1}}),
+            "search_space.lr: low (1) must be less than high (0.1)",
+        ),
+        (spec(colour="blue"), "colour: unknown field; remove it"),
+        (spec(objective="resnet9000"), "unknown objective 'resnet9000'"),
+        (spec(budget={"n_trials": 10**9}), "budget.n_trials: Input should be less than or equal"),
+        (spec(search_space={"lr": {"low": 0, "high": 1, "log": True}}), "needs low > 0"),
+        (spec(search_space={"batch_size": {"choices": list(range(1000))}}), "at most 256"),
+        (spec(dataset={"name": "csv", "path": "../etc/passwd", "target": "y"}), "without '..'"),
+        (
+            spec(metrics=[{"name": "val_accuracy"}, {"name": "val_f1"}], sampler={"name": "cmaes"}),
+            "sampler 'cmaes' cannot optimise 2 metrics",
+        ),
+        ({"objective": "mlp"}, "name: Field required"),
+        ([1, 2], "Input should be a valid dictionary"),
+    ],
+)
+def test_a_bad_spec_is_422_with_advice_and_nothing_is_written(
+    client: TestClient, body: Any, message: str
+) -> None:
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "status"), [(b"{not json", 422), (b"\xff\xfe\x00", 400), (b"", 422)]
+)
+def test_unreadable_bodies_are_refused_with_json(
+    client: TestClient, content: bytes, status: int
+) -> None:
+    response = client.post(
+        "/v1/jobs", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    assert response.json()["detail"]
+
+
+def test_idempotency_key_replays_the_same_job_and_refuses_another_body(
+    client: TestClient,
+) -> None:
+    key = {"Idempotency-Key": "nightly-42"}
+    first = client.post("/v1/jobs", json=spec(), headers=key)
+    replay = client.post("/v1/jobs", json=spec(), headers=key)
+    other = client.post("/v1/jobs", json=spec(name="other"), headers=key)
+    assert (first.status_code, replay.status_code, other.status_code) == (201, 200, 409)
+    assert replay.json()["id"] == first.json()["id"]
+    assert replay.headers["location"] == first.headers["location"]
+    assert "use a new key" in other.json()["detail"]
+    assert len(client.get("/v1/jobs").json()["items"]) == 1
+
+
+# --- listing and reading ----------------------------------------------------------------
+
+
+def test_list_filters_by_state_and_pages_with_a_cursor(client: TestClient) -> None:
+    ids = [client.post("/v1/jobs", json=spec(f"job{i}")).json()["id"] for i in range(3)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    first = client.get("/v1/jobs", params={"limit": 2}).json()
+    second = client.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [j["id"] for j in first["items"] + second["items"]] == ids[::-1]
+    assert second["next_cursor"] is None
+    queued = client.get("/v1/jobs", params={"state": "queued"}).json()["items"]
+    assert sorted(j["id"] for j in queued) == sorted(ids[1:])
+    assert [j["id"] for j in client.get("/v1/jobs?state=cancelled").json()["items"]] == ids[:1]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=0", "query parameter limit"),
+        ("limit=101", "less than or equal to 100"),
+        ("state=sleeping", "query parameter state"),
+        ("cursor=garbage", "pass next_cursor from the last page"),
+    ],
+)
+def test_bad_list_queries_are_422(client: TestClient, query: str, message: str) -> None:
+    response = client.get(f"/v1/jobs?{query}")
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "", None),
+        ("PATCH", "", {"n_trials": 5}),
+        ("DELETE", "", None),
+        ("POST", "/cancel", None),
+        ("POST", "/resume", None),
+        ("GET", "/trials", None),
+        ("GET", "/trials/0", None),
+        ("POST", "/trials", {"params": [{"lr": 0.05}]}),
+        ("GET", "/events", None),
+        ("GET", "/best-config", None),
+        ("GET", "/best-model", None),
+    ],
+)
+def test_unknown_job_is_404_on_every_route(
+    client: TestClient, method: str, path: str, body: Any
+) -> None:
+    response = client.request(method, f"/v1/jobs/j_missing{path}", json=body)
+    assert response.status_code == 404
+    assert "no job 'j_missing'" in response.json()["detail"]
+
+
+def test_unknown_routes_and_methods_under_v1_answer_json(client: TestClient) -> None:
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert "see /docs" in missing.json()["detail"]
+    wrong = client.put("/v1/jobs", json=spec())
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, POST"
+    assert "use GET, POST" in wrong.json()["detail"]
+
+
+def test_finished_job_has_counts_best_and_timing(done: dict[str, Any]) -> None:
+    assert done["state"] == "succeeded"
+    trials = done["trials"]
+    assert trials["started"] == trials["finished"] == 3
+    assert trials["complete"] + trials["pruned"] + trials["fail"] == 3
+    assert trials["running"] == trials["waiting"] == 0
+    best = done["best"]
+    assert best["trial_number"] in range(3)
+    assert 0.0 <= best["values"][0] <= 1.0
+    assert set(best["params"]) == {"lr", "width"}
+    assert done["elapsed_s"] is not None and done["eta_s"] is None
+    assert done["directions"] == ["maximize"]
+    assert done["links"]["dashboard"].startswith("/dashboard/studies/")
+
+
+def test_trials_list_sorts_filters_and_pages(shared: TestClient, done: dict[str, Any]) -> None:
+    url = f"/v1/jobs/{done['id']}/trials"
+    by_number = shared.get(url).json()
+    assert [t["number"] for t in by_number["items"]] == [0, 1, 2]
+    assert by_number["next_cursor"] is None
+    trial = by_number["items"][0]
+    assert set(trial["params"]) == {"lr", "width"}
+    assert "val_accuracy" in trial["metrics"]
+    assert trial["duration_s"] > 0 and trial["state"] == "complete"
+    assert [int(k) for k in trial["intermediate_values"]] == [1, 2]  # one per epoch
+
+    by_value = shared.get(url, params={"sort": "value"}).json()["items"]
+    values = [t["values"][0] for t in by_value]
+    assert values == sorted(values, reverse=True)
+    assert by_value[0]["number"] == done["best"]["trial_number"]
+
+    page = shared.get(url, params={"limit": 2}).json()
+    rest = shared.get(url, params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [t["number"] for t in page["items"] + rest["items"]] == [0, 1, 2]
+    assert shared.get(url, params={"state": "running"}).json()["items"] == []
+    assert shared.get(url, params={"state": "asleep"}).status_code == 422
+    assert shared.get(url, params={"cursor": "-1"}).status_code == 422
+
+
+def test_one_trial_by_number(shared: TestClient, done: dict[str, Any]) -> None:
+    url = f"/v1/jobs/{done['id']}/trials"
+    assert shared.get(f"{url}/1").json()["number"] == 1
+    missing = shared.get(f"{url}/7")
+    assert missing.status_code == 404
+    assert "has no trial 7" in missing.json()["detail"]
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+def test_events_stream_to_the_end_and_resume_after_last_event_id(
+    shared: TestClient, done: dict[str, Any]
+) -> None:
+    url = f"/v1/jobs/{done['id']}/events"
+    with shared.stream("GET", url) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse(response)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "state" and events[0]["data"]["state"] == "queued"
+    assert kinds[-1] == "state" and events[-1]["data"]["state"] == "succeeded"
+    assert kinds.count("trial") == 3 and "best" in kinds
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids)
+
+    with shared.stream("GET", url, headers={"Last-Event-ID": str(ids[2])}) as response:
+        assert [int(e["id"]) for e in sse(response)] == ids[3:]
+    bad = shared.get(url, headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["detail"]
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media"), [("yaml", "application/yaml"), ("json", "application/json")]
+)
+def test_best_config_downloads_a_runnable_spec(
+    shared: TestClient, done: dict[str, Any], fmt: str, media: str
+) -> None:
+    response = shared.get(f"/v1/jobs/{done['id']}/best-config", params={"format": fmt})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(media)
+    assert response.headers["content-disposition"] == f'attachment; filename="done-best.{fmt}"'
+    exported = parse_spec(yaml.safe_load(response.text))
+    assert exported.provenance is not None
+    assert exported.provenance.trial_number == done["best"]["trial_number"]
+    assert exported.search_space["lr"] == done["best"]["params"]["lr"]
+    assert not any(isinstance(v, dict) for v in exported.model_dump()["search_space"].values())
+
+
+def test_best_config_and_model_are_409_before_a_trial_completes(client: TestClient) -> None:
+    job = client.post("/v1/jobs", json=spec()).json()
+    for what in ("best-config", "best-model"):
+        response = client.get(f"/v1/jobs/{job['id']}/{what}")
+        assert response.status_code == 409
+        assert "no completed trial yet" in response.json()["detail"]
+    assert client.get(f"/v1/jobs/{job['id']}/best-config?format=xml").status_code == 422
+
+
+def test_best_model_serves_the_weights_saved_with_the_best_trial(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """Weights are uploaded to Optuna's artifact store while their trial runs, as a
+    worker does; the route serves the best trial's and says when they are missing."""
+    job = client.post("/v1/jobs", json=spec()).json()
+    url = f"/v1/jobs/{job['id']}/best-model"
+    storage = client.app.state.storage  # type: ignore[attr-defined]
+    study = optuna.load_study(study_name=job["study_name"], storage=storage)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"safetensors bytes")
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    trial = study.ask()
+    upload_artifact(
+        artifact_store=FileSystemArtifactStore(settings.artifact_root),
+        file_path=str(weights),
+        study_or_trial=trial,
+    )
+    study.tell(trial, 0.9)
+    study.tell(study.ask(), 0.5)
+
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response.content == b"safetensors bytes"
+    assert response.headers["content-disposition"] == (
+        'attachment; filename="tiny-trial0.safetensors"'
+    )
+    study.tell(study.ask(), 0.95)
+    missing = client.get(url)
+    assert missing.status_code == 409
+    assert "best trial (2) are not saved yet" in missing.json()["detail"]
+
+
+# --- changing jobs ----------------------------------------------------------------------
+
+
+def test_cancel_mid_job_then_resume_runs_exactly_the_budget(
+    client: TestClient, settings: Settings
+) -> None:
+    job = client.post("/v1/jobs", json=spec(n_trials=3)).json()
+    url = f"/v1/jobs/{job['id']}"
+    run_trials(settings, 1)
+    running = client.get(url).json()
+    assert running["state"] == "running" and running["trials"]["finished"] == 1
+    assert running["eta_s"] is not None and running["eta_s"] > 0
+
+    cancelled = client.post(f"{url}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    again = client.post(f"{url}/cancel")
+    assert again.status_code == 409 and "needs it to be" in again.json()["detail"]
+
+    assert client.post(f"{url}/resume").json()["state"] == "queued"
+    run_trials(settings, 2)
+    final = client.get(url).json()
+    assert final["state"] == "succeeded"
+    assert final["trials"]["finished"] == 3
+    assert client.post(f"{url}/resume").status_code == 409
+
+
+def test_patch_raises_the_budget_and_refuses_bad_bodies(client: TestClient) -> None:
+    url = f"/v1/jobs/{client.post('/v1/jobs', json=spec()).json()['id']}"
+    patched = client.patch(url, json={"n_trials": 5, "timeout_s": 600})
+    assert patched.status_code == 200
+    assert patched.json()["budget"] == {"n_trials": 5, "timeout_s": 600}
+    for body, message in [
+        ({}, "give n_trials, timeout_s or both"),
+        ({"n_trials": 5, "epochs": 3}, "epochs: unknown field"),
+        ({"n_trials": 0}, "n_trials: Input should be greater than or equal to 1"),
+        ({"timeout_s": "soon"}, "timeout_s: Input should be a valid number"),
+    ]:
+        response = client.patch(url, json=body)
+        assert response.status_code == 422
+        assert message in response.json()["detail"]
+    assert client.get(url).json()["budget"]["n_trials"] == 5
+
+
+def test_delete_removes_the_job_and_its_study(client: TestClient) -> None:
+    job = client.post("/v1/jobs", json=spec()).json()
+    response = client.delete(f"/v1/jobs/{job['id']}")
+    assert response.status_code == 204 and response.content == b""
+    assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    storage = client.app.state.storage  # type: ignore[attr-defined]
+    assert job["study_name"] not in optuna.get_all_study_names(storage)
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_enqueued_configurations_run_first(client: TestClient, settings: Settings) -> None:
+    job = client.post("/v1/jobs", json=spec(n_trials=1)).json()
+    url = f"/v1/jobs/{job['id']}/trials"
+    response = client.post(url, json={"params": [{"lr": 0.05, "width": 16}]})
+    assert response.status_code == 202 and response.json() == {"enqueued": 1}
+    for body, message in [
+        ({"params": [{"lr": 5.0}]}, "[0] "),
+        ({"params": []}, "params: List should have at least 1 item"),
+        ({"params": [{"lr": [1, 2]}]}, "params.0.lr"),
+        ({"configs": []}, "configs: unknown field"),
+    ]:
+        refused = client.post(url, json=body)
+        assert refused.status_code == 422
+        assert message in refused.json()["detail"]
+    run_trials(settings, 1)
+    assert client.get(f"{url}/0").json()["params"] == {"lr": 0.05, "width": 16}
+    late = client.post(url, json={"params": [{"lr": 0.05}]})
+    assert late.status_code == 409 and "resume it first" in late.json()["detail"]
+
+
+def test_warm_start_from_an_earlier_job(
+    shared: TestClient, shared_settings: Settings, done: dict[str, Any]
+) -> None:
+    job = shared.post("/v1/jobs", json=spec("warm", n_trials=1, warm_start_from=done["id"]))
+    assert job.status_code == 201
+    run_trials(shared_settings, 1)
+    first = shared.get(f"/v1/jobs/{job.json()['id']}/trials/0").json()
+    assert first["params"] == done["best"]["params"]
+    missing = shared.post("/v1/jobs", json=spec("cold", warm_start_from="j_nowhere"))
+    assert missing.status_code == 404 and "warm_start_from" in missing.json()["detail"]
+
+
+# --- catalog, health, docs, dashboard ---------------------------------------------------
+
+
+def test_catalog_lists_objectives_with_default_spaces_and_datasets(client: TestClient) -> None:
+    objectives = {o["name"]: o for o in client.get("/v1/objectives").json()}
+    assert {"mlp", "cnn"} <= set(objectives)
+    assert "lr" in objectives["mlp"]["default_space"]["classification"]
+    datasets = {d["name"]: d for d in client.get("/v1/datasets").json()}
+    assert datasets["iris"]["task"] == "classification"
+    assert datasets["csv"]["needs_path"] and datasets["csv"]["needs_target"]
+
+
+def test_health_and_readiness(client: TestClient, tmp_path: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["migrations"] is True
+    unmigrated = make_settings(tmp_path / "fresh")
+    unmigrated.artifact_root.mkdir(parents=True)
+    with TestClient(create_app(unmigrated)) as fresh:
+        response = fresh.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["database"] is True and response.json()["migrations"] is False
+
+
+def test_openapi_describes_the_routes_with_an_example_spec(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/v1/jobs"]["post"]
+    example = post["requestBody"]["content"]["application/json"]["examples"]["digits"]["value"]
+    assert parse_spec(example).name == "digits-mlp"
+    assert {"201", "200", "409", "422"} <= set(post["responses"])
+    assert "/v1/jobs/{job_id}/events" in schema["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_dashboard_is_served_at_the_root_and_lists_job_studies(
+    shared: TestClient, done: dict[str, Any]
+) -> None:
+    page = shared.get("/")
+    assert page.status_code == 200 and "Optuna Dashboard" in page.text
+    studies = shared.get("/api/studies").json()["study_summaries"]
+    assert done["study_name"] in [s["study_name"] for s in studies]
+    assert shared.get(done["links"]["dashboard"]).status_code == 200
