@@ -454,3 +454,19 @@ def test_a_pruned_trial_is_not_reported_as_early_stopped() -> None:
         user_attrs={"curves": curves(UNDERFIT), "epochs_run": 8, "hp": {**HP, "epochs": 20}},
     )
     assert kinds(report.diagnose_trial(trial)) == ["underfitting"]
+
+
+def test_odd_user_attrs_do_not_break_the_page(storage: str) -> None:
+    """Studies made outside tuner (or by an older version) still get a report."""
+    study = make_study(storage, "odd", ["minimize"])
+    for value, attrs in [
+        (0.5, {"curves": {"train_loss": [1.0, None, 0.5], "val_loss": "?"}, "epochs_run": "3"}),
+        (0.4, {"curves": [1, 2, 3], "metrics": {"val_loss": None}, "hp": "lr=0.1"}),
+    ]:
+        trial = study.ask({"lr": DISTRIBUTIONS["lr"]})
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
+        study.tell(trial, value)
+    page = build_report(study)
+    assert "Trial #1 (val_accuracy 0.4)" in page
+    assert "diverged</b>: The loss became NaN or infinite." in page  # the None in trial #0

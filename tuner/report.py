@@ -96,8 +96,8 @@ def diagnose(
     hyperparameters (``lr``, ``epochs``, ``patience``, ``weight_decay``, ...). A diverged
     run gets that finding alone: the rest of its curve means nothing.
     """
-    train = [float(v) for v in curves.get("train_loss", ())]
-    val = [float(v) for v in curves.get("val_loss", ())]
+    train = _floats(curves.get("train_loss"))
+    val = _floats(curves.get("val_loss"))
     diverged = _diverged(train, val, fail_reason, hp)
     if diverged:
         return [diverged]
@@ -118,10 +118,11 @@ def diagnose(
 def diagnose_trial(trial: FrozenTrial) -> list[Finding]:
     """:func:`diagnose` on what the objective stored in a trial's user attributes."""
     attrs = trial.user_attrs
+    curves = attrs.get("curves")
     findings = diagnose(
-        attrs.get("curves") or {},
+        curves if isinstance(curves, dict) else {},
         hyperparameters(trial),
-        epochs_run=attrs.get("epochs_run"),
+        epochs_run=attrs.get("epochs_run") if isinstance(attrs.get("epochs_run"), int) else None,
         fail_reason=attrs.get("fail_reason"),
     )
     if trial.state == TrialState.PRUNED:  # the pruner cut it short, not early stopping
@@ -320,6 +321,13 @@ def _now(hp: Mapping[str, Any], key: str) -> str:
     if isinstance(value, bool) or value is None:
         return ""
     return f" (now {value:.3g})" if isinstance(value, float) else f" (now {value})"
+
+
+def _floats(values: Any) -> list[float]:
+    """A stored curve as floats; anything that is not a number counts as NaN."""
+    if not isinstance(values, list | tuple):
+        return []
+    return [float(v) if isinstance(v, int | float) else math.nan for v in values]
 
 
 def _number(value: Any) -> float:
