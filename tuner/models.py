@@ -14,6 +14,9 @@ import math
 
 from torch import nn
 
+POOL_GRID = 4
+"""Side of the pooled feature map the cnn head reads."""
+
 
 def _check(depth: int, width: int, dropout: float, n_features: int, n_outputs: int) -> None:
     if depth < 0 or width < 1 or n_features < 1 or n_outputs < 1:
@@ -58,7 +61,10 @@ def build_cnn(
     dropout: float,
     batch_norm: bool,
 ) -> nn.Module:
-    """``depth`` 3x3 conv blocks of ``width`` channels, global average pool, linear head.
+    """``depth`` 3x3 conv blocks of ``width`` channels, a coarse average pool, linear head.
+
+    The pool keeps a ``POOL_GRID``-sized map rather than one value per channel, so the
+    head still sees where strokes are (an 8x8 digit needs that).
 
     Flat inputs are reshaped inside the model to ``image_shape`` (channels, height,
     width) for 2-D convolutions; without an image shape the feature vector is read as
@@ -75,14 +81,15 @@ def build_cnn(
     shape = image_shape or (1, n_features)
     conv: type[nn.Conv1d | nn.Conv2d] = nn.Conv2d if image_shape else nn.Conv1d
     norm: type[nn.Module] = nn.BatchNorm2d if image_shape else nn.BatchNorm1d
-    pool = nn.AdaptiveAvgPool2d(1) if image_shape else nn.AdaptiveAvgPool1d(1)
+    grid = [min(POOL_GRID, side) for side in shape[1:]]
+    pool = nn.AdaptiveAvgPool2d(tuple(grid)) if image_shape else nn.AdaptiveAvgPool1d(grid[0])
     layers: list[nn.Module] = [nn.Unflatten(1, shape)]
     channels = shape[0]
     for _ in range(depth):
         layer = conv(channels, width, kernel_size=3, padding=1, bias=not batch_norm)
         layers += _block(layer, norm if batch_norm else None, width, dropout)
         channels = width
-    layers += [pool, nn.Flatten(), nn.Linear(width, n_outputs)]
+    layers += [pool, nn.Flatten(), nn.Linear(width * math.prod(grid), n_outputs)]
     return nn.Sequential(*layers)
 
 
