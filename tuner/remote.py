@@ -141,7 +141,9 @@ def follow(client: Client, job_id: str) -> Job:
         TextColumn("eta {task.fields[eta]}"),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(job_id, total=None, state="", best="-", pruned=0, failed=0, eta="-")
+        task = progress.add_task(
+            job_id, total=None, state="", best="-", pruned=0, failed=0, eta="-"
+        )
 
         def show(job: Job) -> None:
             pruned, failed = _pruned_failed(job)
@@ -156,7 +158,8 @@ def follow(client: Client, job_id: str) -> Job:
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(
-                f"stopped watching; job {job_id} keeps running (stop it with: tuner cancel {job_id})"
+                f"stopped watching; job {job_id} keeps running "
+                f"(stop it with: tuner cancel {job_id})"
             )
             raise typer.Exit(130) from None
     return job
@@ -217,7 +220,8 @@ def jobs(
     with connect(server, key) as client:
         found = list(client.list(state=state, limit=limit))
     if not found:
-        console.print(f"no {state or ''} jobs on this server yet; submit one with: tuner submit SPEC")
+        which = f"{state} jobs" if state else "jobs"
+        console.print(f"no {which} on this server; submit one with: tuner submit SPEC")
         return
     table = Table(title="jobs, newest first", title_justify="left")
     for column in ("id", "name", "state", "trials", "objective", "dataset", "created"):
