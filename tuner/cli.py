@@ -177,8 +177,14 @@ def run(
         spec = load_spec(spec_file)
         _quiet_optuna()
         from tuner import engine
+        from tuner.objective import load_data
 
         url = _storage(storage)
+        root = data_root or get_settings().data_root
+        # Everything that can be wrong is checked before the bar appears.
+        load_data(spec, root, engine.pick_device(device))
+        study = engine.create_study(spec, engine.make_storage(url))
+        existing = len(study.get_trials(deepcopy=False, states=engine.FINISHED))
         total = n_trials or spec.budget.n_trials
         columns = (
             TextColumn("[bold]{task.description}"),
@@ -192,12 +198,11 @@ def run(
         )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(spec.name, total=total, best="-", pruned=0, failed=0)
-            existing = _existing_trials(url, spec.name)
             progress.update(task, completed=existing)
             started = time.monotonic()
             study = engine.run_study(
                 spec, storage_url=url, n_trials=n_trials, timeout=timeout,
-                callbacks=[_ProgressCallback(progress, task)], data_root=data_root, device=device,
+                callbacks=[_ProgressCallback(progress, task)], data_root=root, device=device,
             )
         console.print(
             f"[bold]{study.study_name}[/bold]: {_state_counts(study)} "
@@ -207,20 +212,6 @@ def run(
             raise engine.UsageError("no trial completed; check the failed trials' fail_reason")
         console.print(_trials_table(study, limit=5))
         console.print(f"next: tuner export {study.study_name} -o best.yaml --storage {url}")
-
-
-def _existing_trials(url: str, name: str) -> int:
-    """Finished trials a resumed study already holds (0 for a new study)."""
-    import optuna
-
-    from tuner.engine import FINISHED, make_storage
-
-    storage = make_storage(url)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 @app.command()

@@ -1,0 +1,142 @@
+"""The tuner CLI: run -> export -> train reproduces the trial; mistakes are one red line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from tuner.cli import app
+from tuner.spec import StudySpec, load_spec
+
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+@pytest.fixture
+def write_spec(make_spec: Callable[..., StudySpec]) -> Callable[..., Path]:
+    """Write the tiny spec (named cli-tiny, tpe) as YAML; overrides as for make_spec."""
+
+    def write(path: Path, **overrides: Any) -> Path:
+        spec = make_spec(**{"name": "cli-tiny", "sampler": {"name": "tpe", "seed": 0}, **overrides})
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+        return path
+
+    return write
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=ENV)
+    return result.exit_code, result.output
+
+
+def row(output: str, name: str) -> list[str]:
+    """The cells of the table row that starts with ``name``."""
+    line = next(line for line in output.splitlines() if re.search(rf"\b{name}\b", line))
+    return [cell.strip() for cell in re.split(r"[│|]", line) if cell.strip()]
+
+
+def test_run_export_train_reproduces_the_trial_metric(
+    tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
+) -> None:
+    spec_file = write_spec(tmp_path / "spec.yaml")
+    code, out = invoke("run", str(spec_file), "--storage", sqlite_url, "--device", "cpu")
+    assert code == 0, out
+    assert "cli-tiny" in out and "3 complete" in out and "top trials" in out
+
+    code, out = invoke("show", "--storage", sqlite_url)
+    assert code == 0 and "cli-tiny" in out
+    code, out = invoke("show", "cli-tiny", "--storage", sqlite_url)
+    assert code == 0 and "val_accuracy" in out
+
+    best = tmp_path / "best.yaml"
+    code, out = invoke("export", "cli-tiny", "--storage", sqlite_url, "-o", str(best))
+    assert code == 0, out
+    exported = load_spec(best)
+    assert exported.provenance is not None
+
+    model = tmp_path / "model.safetensors"
+    code, out = invoke("train", str(best), "-o", str(model), "--device", "cpu")
+    assert code == 0, out
+    _, retrained, trial = row(out, "val_accuracy")
+    assert float(retrained) == pytest.approx(exported.provenance.metrics["val_accuracy"], rel=1e-5)
+    assert retrained == trial
+    with safe_open(str(model), framework="pt") as f:
+        assert f.keys() and "hp" in f.metadata()
+
+
+def test_export_writes_json_to_stdout(
+    tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
+) -> None:
+    spec_file = write_spec(tmp_path / "spec.yaml", budget={"n_trials": 1, "max_epochs": 2})
+    assert invoke("run", str(spec_file), "--storage", sqlite_url, "--device", "cpu")[0] == 0
+    code, out = invoke("export", "cli-tiny", "--storage", sqlite_url, "--format", "json")
+    assert code == 0 and out.lstrip().startswith("{") and '"provenance"' in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "{spec}"], "search_space.lr: low (0.1) must be less than high (0.01)"),
+        (["run", "{missing}"], "cannot read"),
+        (["train", "{spec_ok}"], "still searches"),
+        (["show", "nope", "--storage", "{url}"], "no study named 'nope'"),
+        (["export", "nope", "--storage", "{url}"], "no study named 'nope'"),
+        (["run", "{spec_ok}", "--device", "tpu", "--storage", "{url}"], "unknown device"),
+    ],
+)
+def test_mistakes_are_one_red_line_and_exit_code_2(
+    args: list[str], message: str, tmp_path: Path, sqlite_url: str,
+    write_spec: Callable[..., Path],
+) -> None:
+    ok = write_spec(tmp_path / "ok.yaml")
+    bad = yaml.safe_load(ok.read_text())
+    bad["search_space"]["lr"] = {"low": 0.1, "high": 0.01}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    paths = {
+        "spec": tmp_path / "bad.yaml",
+        "spec_ok": ok,
+        "missing": tmp_path / "missing.yaml",
+        "url": sqlite_url,
+    }
+    code, out = invoke(*(a.format(**{k: str(v) for k, v in paths.items()}) for a in args))
+    assert code == 2, out
+    assert message in out
+    assert "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_installed_command_runs_exports_and_trains(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """The console script as a user runs it: a real process per command, default storage."""
+    tuner = str(Path(sys.executable).parent / "tuner")
+    env = {**os.environ, **ENV, "TUNER_DATABASE_URL": f"sqlite:///{tmp_path / 'tuner.db'}"}
+
+    def sh(*args: str) -> str:
+        done = subprocess.run(
+            [tuner, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    spec_file = write_spec(tmp_path / "spec.yaml")
+    sh("run", str(spec_file), "--device", "cpu")
+    sh("export", "cli-tiny", "-o", "best.yaml")
+    out = sh("train", "best.yaml", "--device", "cpu")
+    _, retrained, trial = row(out, "val_accuracy")
+    assert retrained == trial
+    bad = subprocess.run(
+        [tuner, "run", "missing.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
