@@ -317,6 +317,9 @@ def test_report_has_every_section_and_diagnoses_the_best_trials(
     assert "mattered most" in diagnosis
     assert "Best val_accuracy</th><td>0.95 (trial #0)" in page
     assert "4 complete, 2 fail, 1 pruned" in page
+    assert "Objective</th><td>mlp on digits</td>" in page
+    assert "Budget</th><td>20 trials</td>" in page
+    assert "<summary>Study spec</summary>" in page
 
 
 def test_top_trials_table_lists_params_and_metrics_best_first(problem_study: optuna.Study) -> None:

@@ -374,6 +374,8 @@ def _snapshot(study: optuna.Study) -> optuna.Study:
     copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
     copy.add_trials(study.get_trials(deepcopy=False))
     copy.set_metric_names(metric_names(study))
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
     return copy
 
 
