@@ -107,9 +107,12 @@ def _best(job: Job) -> str:
         return "-"
     if best.trial_number is None:
         return f"{best.pareto_front_size} trials on the Pareto front"
-    names = job.metrics or [f"value {i}" for i in range(len(best.values or []))]
-    values = ", ".join(f"{n}={_num(v)}" for n, v in zip(names, best.values or [], strict=False))
-    return f"{values} (trial {best.trial_number})"
+    values = best.values or []
+    names = job.metrics or (
+        ["value"] if len(values) == 1 else [f"value {i}" for i in range(len(values))]
+    )
+    shown = ", ".join(f"{n}={_num(v)}" for n, v in zip(names, values, strict=False))
+    return f"{shown} (trial {best.trial_number})"
 
 
 def _pruned_failed(job: Job) -> tuple[int, int]:
@@ -224,13 +227,14 @@ def jobs(
         console.print(f"no {which} on this server; submit one with: tuner submit SPEC")
         return
     table = Table(title="jobs, newest first", title_justify="left")
-    for column in ("id", "name", "state", "trials", "objective", "dataset", "created"):
-        table.add_column(column, justify="right" if column == "trials" else "left", no_wrap=True)
+    table.add_column("id", no_wrap=True, min_width=max(len(j.id) for j in found))  # copyable
+    for column in ("name", "state", "trials", "objective", "created"):
+        table.add_column(column, justify="right" if column == "trials" else "left")
     for job in found:
-        created = job.created_at.isoformat(" ", "seconds") if job.created_at else "-"
+        created = f"{job.created_at.astimezone():%Y-%m-%d %H:%M}" if job.created_at else "-"
         table.add_row(
             job.id, job.name, _state(job), f"{job.finished}/{job.budget.n_trials}",
-            job.objective, job.dataset, created,
+            f"{job.objective} on {job.dataset}", created,
         )
     console.print(table)
 
