@@ -1,0 +1,273 @@
+"""Workers: real training against real databases; kills, SIGTERM, cancel and DB errors.
+
+Trials train tiny MLPs (iris: milliseconds; digits with 40 epochs: a few seconds,
+long enough to be interrupted mid-trial).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
+
+from tuner.jobs import Job, JobStore, SlotState, TrialSlot, make_engine, migrate
+from tuner.settings import Settings
+from tuner.spec import StudySpec
+from tuner.worker import Worker, WorkerPool, run_worker
+
+SpecFactory = Callable[..., StudySpec]
+
+
+@pytest.fixture
+def settings(sqlite_url: str, tmp_path: Path) -> Settings:
+    migrate(sqlite_url)
+    return fast_settings(sqlite_url, tmp_path)
+
+
+def fast_settings(url: str, tmp_path: Path) -> Settings:
+    """Short leases so lost workers are noticed within seconds."""
+    return Settings(
+        database_url=url, data_root=tmp_path, device="cpu", torch_threads=1,
+        heartbeat_interval_s=0.2, grace_period_s=1.5, reaper_interval_s=0.3,
+        poll_interval_s=0.1, shutdown_timeout_s=15,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[JobStore]:
+    engine = make_engine(settings.database_url)
+    yield JobStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def long_spec(make_spec: SpecFactory) -> Callable[..., StudySpec]:
+    """Digits for 40 epochs: a trial lasts a second or more, so it can be caught running."""
+
+    def build(n_trials: int, parallelism: int = 1, epochs: int = 40) -> StudySpec:
+        return make_spec(
+            dataset={"name": "digits"}, budget={"n_trials": n_trials, "max_epochs": epochs},
+            parallelism=parallelism, search_space={"epochs": epochs, "patience": 0, "width": 16},
+        )
+
+    return build
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting {timeout:g} s for {what}")
+
+
+def running_slot(store: JobStore, worker_id: str | None = None) -> TrialSlot | None:
+    """A running slot whose Optuna trial has started (optionally of one worker)."""
+    query = select(TrialSlot).where(
+        TrialSlot.state == SlotState.running, TrialSlot.trial_id.is_not(None)
+    )
+    if worker_id is not None:
+        query = query.where(TrialSlot.worker_id == worker_id)
+    with store._tx() as s:
+        return s.scalars(query).first()
+
+
+def trials(store: JobStore, job: Job) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=job.study_name, storage=store.storage).get_trials()
+
+
+def assert_exact_budget(store: JobStore, job_id: str) -> Job:
+    """Succeeded with exactly n_trials counted, and nothing left running or waiting."""
+    job = store.get(job_id)
+    assert (job.state, job.started, job.finished) == ("succeeded", job.n_trials, job.n_trials)
+    states = [t.state for t in trials(store, job)]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    counted = [e for e in store.events(job.id, limit=1000) if e.kind == "trial"]
+    assert counted[-1].data["finished"] == job.n_trials
+    return job
+
+
+# --- in one process -------------------------------------------------------------------------
+
+
+def test_worker_runs_a_job_to_its_budget(
+    settings: Settings, store: JobStore, make_spec: SpecFactory
+) -> None:
+    job, _ = store.create(make_spec(budget={"n_trials": 3, "max_epochs": 3}))
+    assert Worker(settings).run(max_trials=3) == 0
+    job = assert_exact_budget(store, job.id)
+    done = trials(store, job)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 3
+    assert all("metrics" in t.user_attrs and "curves" in t.user_attrs for t in done)
+    best = max(done, key=lambda t: t.value or 0)
+    assert (job.best_trial, job.best_value) == (best.number, best.value)
+    assert any(e.kind == "best" for e in store.events(job.id))
+
+
+def test_diverged_trial_fails_and_counts_and_the_job_goes_on(
+    settings: Settings, store: JobStore, make_spec: SpecFactory
+) -> None:
+    spec = make_spec(
+        budget={"n_trials": 2, "max_epochs": 3},
+        search_space={"lr": {"choices": [1.0e6]}, "optimizer": "sgd"},
+    )
+    job, _ = store.create(spec)
+    Worker(settings).run(max_trials=2)
+    job = assert_exact_budget(store, job.id)
+    failed = trials(store, job)
+    assert [t.state for t in failed] == [TrialState.FAIL] * 2
+    assert "lower lr" in failed[0].user_attrs["fail_reason"]
+
+
+def test_a_broken_dataset_fails_the_job_with_its_reason(
+    settings: Settings, store: JobStore, make_spec: SpecFactory
+) -> None:
+    spec = make_spec(dataset={"name": "csv", "path": "missing.csv", "target": "y",
+                              "task": "classification"},
+                     search_space={"loss": "cross_entropy"})
+    job, _ = store.create(spec)
+    Worker(settings).run(max_trials=1)
+    job = store.get(job.id)
+    assert job.state == "failed" and "missing.csv" in (job.reason or "")
+    assert store.claim("w") is None
+
+
+def test_cancel_stops_the_running_trial_and_resume_finishes(
+    settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
+) -> None:
+    job, _ = store.create(long_spec(n_trials=2))
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(settings, stop=stop).run)
+    worker.start()
+    try:
+        slot = wait_for(lambda: running_slot(store), 60, "a running trial")
+        store.cancel(job.id)
+        wait_for(lambda: store.get(job.id).running == 0, 30, "the trial to stop")
+        job = store.get(job.id)
+        assert (job.state, job.started, job.finished) == ("cancelled", 0, 0)
+        stopped = store.storage.get_trial(slot.trial_id)
+        assert stopped.state == TrialState.FAIL
+        assert stopped.user_attrs["fail_reason"] == "interrupted: job cancelled"
+        store.resume(job.id)
+        wait_for(lambda: store.get(job.id).state == "succeeded", 90, "the resumed job")
+    finally:
+        stop.set()
+        worker.join()
+    assert_exact_budget(store, job.id)
+
+
+def test_one_transient_heartbeat_error_does_not_kill_a_healthy_trial(
+    settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
+) -> None:
+    settings = settings.model_copy(update={"heartbeat_interval_s": 0.1, "grace_period_s": 0.6})
+    job, _ = store.create(long_spec(n_trials=1, epochs=80))
+    engine = make_engine(settings.database_url)
+    beats: list[str] = []  # "error", then "ok" for each heartbeat that got through
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def fail_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE trial_slots SET heartbeat_at") and not beats:
+            beats.append("error")
+            raise OperationalError(statement, None, Exception("injected: database is locked"))
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE trial_slots SET heartbeat_at"):
+            beats.append("ok")
+
+    # An independent reaper, as another worker runs it: a silent slot would be reaped.
+    done = threading.Event()
+
+    def reaper() -> None:
+        while not done.wait(0.1):
+            store.reap(settings.grace_period_s, settings.max_retries)
+
+    threading.Thread(target=reaper, daemon=True).start()
+    try:
+        Worker(settings, engine=engine).run(max_trials=1)
+    finally:
+        done.set()
+        engine.dispose()
+    assert beats[0] == "error" and "ok" in beats[1:]  # the heartbeat thread lived on
+    job = assert_exact_budget(store, job.id)
+    (trial,) = trials(store, job)
+    assert trial.state == TrialState.COMPLETE
+
+
+# --- worker processes -----------------------------------------------------------------------
+
+
+def _worker_process(settings: Settings) -> None:
+    raise SystemExit(run_worker(settings))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_trial_exits_zero_and_retries_the_trial(
+    settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
+) -> None:
+    job, _ = store.create(long_spec(n_trials=1))
+    process = multiprocessing.get_context("spawn").Process(
+        target=_worker_process, args=(settings,)
+    )
+    process.start()
+    try:
+        slot = wait_for(lambda: running_slot(store), 90, "a running trial")
+        os.kill(process.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        process.join(settings.shutdown_timeout_s)
+        assert process.exitcode == 0
+    finally:
+        process.kill()
+    interrupted = store.storage.get_trial(slot.trial_id)
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs["fail_reason"] == "interrupted: worker shutting down"
+    job = store.get(job.id)
+    assert (job.state, job.started, job.finished) == ("running", 0, 0)
+    (retry,) = [t for t in trials(store, job) if t.state == TrialState.WAITING]
+    assert retry.user_attrs == {"retry_of": interrupted.number, "attempt": 1}
+    assert retry.system_attrs["fixed_params"] == interrupted.params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_pool_of_three_keeps_the_budget_exact_when_a_worker_is_killed(
+    db: str, request: pytest.FixtureRequest, tmp_path: Path,
+    long_spec: Callable[..., StudySpec],
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "postgres_url")
+    migrate(url)
+    settings = fast_settings(url, tmp_path)
+    engine = make_engine(url)
+    store = JobStore(engine)
+    job, _ = store.create(long_spec(n_trials=5, parallelism=3))
+    pool = WorkerPool(settings, 3, check_interval_s=0.2)
+    pool.start()
+    try:
+        victim = wait_for(lambda: running_slot(store), 90, "a running trial")
+        (process,) = [p for p in pool.processes if p.name == victim.worker_id]
+        os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        wait_for(lambda: pool.replaced >= 1, 30, "a replacement worker")
+        wait_for(lambda: store.get(job.id).state == "succeeded", 120, "the job to finish")
+    finally:
+        pool.stop(timeout=30)
+    assert all(p.exitcode is not None for p in pool.processes)
+    job = assert_exact_budget(store, job.id)
+    by_number = {t.number: t for t in trials(store, job)}
+    lost = by_number[victim.trial_number]
+    assert lost.state == TrialState.FAIL
+    assert lost.user_attrs["fail_reason"].startswith(f"worker {victim.worker_id} lost")
+    (retry,) = [t for t in by_number.values() if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert sum(t.state != TrialState.FAIL for t in by_number.values()) == job.n_trials
+    engine.dispose()
