@@ -2,7 +2,8 @@
 
 Events are named ``state``, ``trial`` or ``best``; each carries its log id as the SSE
 id, so a client that reconnects with ``Last-Event-ID`` continues after it. The stream
-ends once the job's terminal state has been sent.
+ends once the job has ended and everything up to its final state has been sent (a
+resumed job's earlier ``cancelled`` does not end it).
 """
 
 from __future__ import annotations
@@ -27,16 +28,13 @@ POLL_S = 0.5
 BATCH = 100
 
 
-def _is_terminal_state(kind: str, data: dict[str, object]) -> bool:
-    return kind == "state" and data.get("state") in TERMINAL_STATES
-
-
 async def _stream(
     request: Request, store: JobStore, job_id: str, owner: str, after: int
 ) -> AsyncIterator[ServerSentEvent]:
+    last_state: str | None = None  # the newest state this stream has sent
     while not await request.is_disconnected():
-        # The state is read before the events, so a terminal state's event is already
-        # visible when the job reads as ended.
+        # The job is read before its events: when it reads as ended, the event of
+        # that state is already in the log (both are written in one transaction).
         try:
             job = await run_in_threadpool(store.get, job_id, owner=owner)
         except JobNotFound:  # deleted while watched
@@ -44,12 +42,13 @@ async def _stream(
         events = await run_in_threadpool(store.events, job_id, after=after, limit=BATCH)
         for event in events:
             after = event.id
+            if event.kind == "state":
+                last_state = event.data.get("state")
             yield ServerSentEvent(data=json.dumps(event.data), event=event.kind, id=str(event.id))
-            if _is_terminal_state(event.kind, event.data):
-                return
-        if not events and job.state in TERMINAL_STATES:
+        caught_up = len(events) < BATCH
+        if caught_up and job.state in TERMINAL_STATES and last_state in (None, job.state):
             return
-        if len(events) < BATCH:
+        if caught_up:
             await anyio.sleep(POLL_S)
 
 
