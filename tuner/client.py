@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Literal, TypeVar
 
 import anyio
 import httpx
@@ -444,18 +444,26 @@ async def _achanges(jobs: AsyncIterator[Job]) -> AsyncIterator[Job]:
 _FILENAME = re.compile(r'filename="?([^";/\\]+)"?')
 
 
-def _target(path: Path, response: httpx.Response) -> Path:
+def _target(path: Path, response: httpx.Response, default_name: str) -> Path:
     """Write into ``path``, or into the directory ``path`` under the server's file name."""
     if not path.is_dir():
         return path
     found = _FILENAME.search(response.headers.get("Content-Disposition", ""))
-    return path / (found.group(1) if found else "download")
+    return path / (found.group(1) if found else default_name)
 
 
-def _partial(path: Path) -> Path:
-    """Downloads land here first, so a broken transfer never leaves a half file at ``path``."""
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write beside ``path`` and move into place at the end, so a broken transfer never
+    leaves a half file there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".part")
+    part = path.with_name(path.name + ".part")
+    try:
+        with part.open("wb") as out:
+            yield out
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _save_text(path: str | Path | None, text: str) -> None:
@@ -698,23 +706,26 @@ class Client(_Base):
 
     def download_model(self, job_id: str, path: str | Path) -> Path:
         """Save the best trial's weights (safetensors) to ``path`` (a file or a directory)."""
-        return self._download(f"{_job_path(job_id)}/best-model", Path(path))
+        return self._download(
+            f"{_job_path(job_id)}/best-model", Path(path), f"{job_id}.safetensors"
+        )
 
     def report(self, job_id: str, path: str | Path) -> Path:
         """Save the job's HTML report (plots, top trials, diagnosis) to ``path``."""
-        return self._download(f"{_job_path(job_id)}/report", Path(path))
+        return self._download(
+            f"{_job_path(job_id)}/report", Path(path), f"{job_id}-report.html"
+        )
 
-    def _download(self, url: str, path: Path) -> Path:
+    def _download(self, url: str, path: Path, default_name: str) -> Path:
         with _transport_errors(self.base_url), self._http.stream("GET", url) as response:
             if response.is_error:
                 response.read()
                 _raise_for(response)
-            target = _target(path, response)
-            part = _partial(target)
-            with part.open("wb") as out:
+            target = _target(path, response, default_name)
+            with _atomic_file(target) as out:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
-        return part.replace(target)
+        return target
 
     # catalog
 
@@ -889,23 +900,26 @@ class AsyncClient(_Base):
         return text
 
     async def download_model(self, job_id: str, path: str | Path) -> Path:
-        return await self._download(f"{_job_path(job_id)}/best-model", Path(path))
+        return await self._download(
+            f"{_job_path(job_id)}/best-model", Path(path), f"{job_id}.safetensors"
+        )
 
     async def report(self, job_id: str, path: str | Path) -> Path:
-        return await self._download(f"{_job_path(job_id)}/report", Path(path))
+        return await self._download(
+            f"{_job_path(job_id)}/report", Path(path), f"{job_id}-report.html"
+        )
 
-    async def _download(self, url: str, path: Path) -> Path:
+    async def _download(self, url: str, path: Path, default_name: str) -> Path:
         with _transport_errors(self.base_url):
             async with self._http.stream("GET", url) as response:
                 if response.is_error:
                     await response.aread()
                     _raise_for(response)
-                target = _target(path, response)
-                part = _partial(target)
-                with part.open("wb") as out:
+                target = _target(path, response, default_name)
+                with _atomic_file(target) as out:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
-        return part.replace(target)
+        return target
 
     async def objectives(self) -> list[dict[str, Any]]:
         return await self._send(_Call("GET", "/v1/objectives", lambda r: r.json()))
