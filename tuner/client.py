@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Literal, TypeVar
 
 import anyio
 import httpx
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuner.spec import SpecError, StudySpec
+from tuner.spec import StudySpec, read_spec_data
 
 if TYPE_CHECKING:
     import pandas
@@ -334,21 +333,8 @@ def _spec_body(spec: SpecInput) -> dict[str, Any]:
     if isinstance(spec, Mapping):
         return dict(spec)
     if isinstance(spec, str | os.PathLike):
-        return _read_spec_file(Path(spec))
+        return read_spec_data(spec)
     raise TypeError(f"a spec is a StudySpec, a dict or a file path, not {type(spec).__name__}")
-
-
-def _read_spec_file(path: Path) -> dict[str, Any]:
-    """Read without validating: the server knows which objectives it has installed."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path} is not valid YAML or JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a mapping with name, objective, dataset, ...")
-    return data
 
 
 # --- server-sent events --------------------------------------------------------------

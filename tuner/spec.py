@@ -531,7 +531,15 @@ def parse_spec(data: Any) -> StudySpec:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read a spec from a YAML or JSON file (JSON is YAML, so one parser reads both)."""
+    """Read and validate a spec from a YAML or JSON file."""
+    return parse_spec(read_spec_data(path))
+
+
+def read_spec_data(path: str | Path) -> dict[str, Any]:
+    """A spec file's mapping, unvalidated (JSON is YAML, so one parser reads both).
+
+    The client sends it as it is: the server knows which objectives it has installed.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -541,7 +549,7 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(f"{path} is not valid YAML or JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path} must hold a mapping with name, objective, dataset, ...")
-    return parse_spec(data)
+    return data
 
 
 def dump_spec(spec: StudySpec, fmt: Literal["yaml", "json"] = "yaml") -> str:
