@@ -2,7 +2,7 @@
 
 >>> from tuner.client import Client
 >>> with Client("http://127.0.0.1:8000") as tuner:             # doctest: +SKIP
-...     job = tuner.submit("studies/digits-mlp.yaml")
+...     job = tuner.submit("studies/digits-cnn.yaml")
 ...     job = tuner.wait(job.id, progress=lambda j: print(j.finished, "/", j.budget.n_trials))
 ...     tuner.best_config(job.id, path="best.yaml")
 ...     tuner.download_model(job.id, "best.safetensors")
