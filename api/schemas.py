@@ -58,6 +58,14 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     return max(0.0, (end - start).total_seconds())
 
 
+def _trial_seconds(trial: FrozenTrial) -> float | None:
+    """Run time so far; Optuna stamps trials with naive local times, so compare alike."""
+    if trial.datetime_start is None:
+        return None
+    end = trial.datetime_complete or datetime.now(trial.datetime_start.tzinfo)
+    return max(0.0, (end - trial.datetime_start).total_seconds())
+
+
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -139,9 +147,7 @@ class TrialOut(Out):
                 else {}
             ),
             intermediate_values={k: finite(v) for k, v in trial.intermediate_values.items()},
-            duration_s=seconds_between(trial.datetime_start, trial.datetime_complete)
-            if trial.datetime_start
-            else None,
+            duration_s=_trial_seconds(trial),
             started_at=trial.datetime_start,
             completed_at=trial.datetime_complete,
             reason=trial.user_attrs.get("fail_reason"),
