@@ -73,15 +73,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"gave up waiting {timeout:g} s for {what}")
 
 
-def running_slot(store: JobStore, worker_id: str | None = None) -> TrialSlot | None:
-    """A running slot whose Optuna trial has started (optionally of one worker)."""
+def running_slot(store: JobStore, with_params: bool = False) -> TrialSlot | None:
+    """A running slot whose Optuna trial has started (and chosen its parameters)."""
     query = select(TrialSlot).where(
         TrialSlot.state == SlotState.running, TrialSlot.trial_id.is_not(None)
     )
-    if worker_id is not None:
-        query = query.where(TrialSlot.worker_id == worker_id)
     with store._tx() as s:
-        return s.scalars(query).first()
+        for slot in s.scalars(query):
+            if not with_params or store.storage.get_trial(slot.trial_id).params:
+                return slot
+    return None
 
 
 def trials(store: JobStore, job: Job) -> list[optuna.trial.FrozenTrial]:
@@ -223,7 +224,7 @@ def test_sigterm_mid_trial_exits_zero_and_retries_the_trial(
     )
     process.start()
     try:
-        slot = wait_for(lambda: running_slot(store), 90, "a running trial")
+        slot = wait_for(lambda: running_slot(store, with_params=True), 90, "a running trial")
         os.kill(process.pid, signal.SIGTERM)  # type: ignore[arg-type]
         process.join(settings.shutdown_timeout_s)
         assert process.exitcode == 0
@@ -247,14 +248,17 @@ def test_pool_of_three_keeps_the_budget_exact_when_a_worker_is_killed(
 ) -> None:
     url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "postgres_url")
     migrate(url)
-    settings = fast_settings(url, tmp_path)
+    # A loaded machine can starve a heartbeat thread for a while: a roomier lease here.
+    settings = fast_settings(url, tmp_path).model_copy(
+        update={"heartbeat_interval_s": 0.3, "grace_period_s": 4.0}
+    )
     engine = make_engine(url)
     store = JobStore(engine)
     job, _ = store.create(long_spec(n_trials=5, parallelism=3))
     pool = WorkerPool(settings, 3, check_interval_s=0.2)
     pool.start()
     try:
-        victim = wait_for(lambda: running_slot(store), 90, "a running trial")
+        victim = wait_for(lambda: running_slot(store, with_params=True), 90, "a running trial")
         (process,) = [p for p in pool.processes if p.name == victim.worker_id]
         os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
         wait_for(lambda: pool.replaced >= 1, 30, "a replacement worker")

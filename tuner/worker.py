@@ -146,12 +146,15 @@ class Worker:
                 study_name=claim.study_name, storage=self.storage,
                 sampler=optuna_engine.make_sampler(spec), pruner=optuna_engine.make_pruner(spec),
             )
+            study.sampler.reseed_rng()  # a seeded sampler would repeat itself in every worker
             self._studies[claim.job_id] = (spec, study)
         return self._studies[claim.job_id]
 
     def _run_claim(self, claim: Claim) -> None:
         """Run the claimed slot's trial and settle the slot, whatever happens."""
         self.fenced.clear()
+        with self._lock:  # the lease is renewed from the claim on, not just once it runs
+            self._current = (claim.slot_id, None)
         try:
             spec, study = self._study(claim)
         except KeyError:  # the study is gone: the job was deleted

@@ -54,7 +54,7 @@ from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -583,12 +583,12 @@ class JobStore:
 
     def _fence(
         self, s: Session, slot_id: int, expected: SlotState, target: SlotState,
-        reason: str | None = None,
+        reason: str | None = None, *also: ColumnElement[bool],
     ) -> TrialSlot | None:
         """Move a slot from ``expected`` to ``target``; None when someone else moved it."""
         result = s.execute(
             update(TrialSlot)
-            .where(TrialSlot.id == slot_id, TrialSlot.state == expected)
+            .where(TrialSlot.id == slot_id, TrialSlot.state == expected, *also)
             .values(state=target, ended_at=utcnow(), reason=reason)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -722,18 +722,13 @@ class JobStore:
                 silent = (utcnow() - slot.heartbeat_at).total_seconds()
                 reason = f"worker {slot.worker_id} lost (no heartbeat for {silent:.0f} s)"
                 with self._tx() as s:
-                    fenced = s.execute(
-                        update(TrialSlot)
-                        .where(
-                            TrialSlot.id == slot.id,
-                            TrialSlot.state == SlotState.running,
-                            TrialSlot.heartbeat_at < cutoff,
-                        )
-                        .values(state=SlotState.reaping, ended_at=utcnow(), reason=reason)
+                    fenced = self._fence(
+                        s, slot.id, SlotState.running, SlotState.reaping, reason,
+                        TrialSlot.heartbeat_at < cutoff,
                     )
-                if fenced.rowcount != 1:  # type: ignore[attr-defined]
+                if fenced is None:
                     continue
-                slot.state, slot.reason = SlotState.reaping, reason
+                slot = fenced  # as fenced: it may have attached its trial meanwhile
                 reaped += 1
             self._settle(slot, max_retries)
         self._expire_jobs()
