@@ -132,28 +132,33 @@ def _state_counts(study: optuna.Study) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
 
 
+def _progress_fields(study: optuna.Study) -> dict[str, Any]:
+    """Best value so far, pruned and failed counts: the bar's extra columns."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    best = "-"
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        if len(study.directions) == 1:
+            best = _fmt(study.best_value)
+        else:
+            best = f"{len(study.best_trials)} on the Pareto front"
+    return {
+        "best": best,
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+
+
 class _ProgressCallback:
-    """Feeds a rich progress bar from Optuna: trials done/total, best so far, pruned."""
+    """Advances a rich progress bar after each trial (an Optuna study callback)."""
 
     def __init__(self, progress: Progress, task: TaskID) -> None:
         self.progress = progress
         self.task = task
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from optuna.trial import TrialState
-
-        trials = study.get_trials(deepcopy=False)
-        pruned = sum(t.state == TrialState.PRUNED for t in trials)
-        failed = sum(t.state == TrialState.FAIL for t in trials)
-        best = "-"
-        if any(t.state == TrialState.COMPLETE for t in trials):
-            if len(study.directions) == 1:
-                best = _fmt(study.best_value)
-            else:
-                best = f"{len(study.best_trials)} on the Pareto front"
-        self.progress.update(
-            self.task, advance=1, best=best, pruned=pruned, failed=failed
-        )
+        self.progress.update(self.task, advance=1, **_progress_fields(study))
 
 
 # --- commands ------------------------------------------------------------------------
@@ -197,8 +202,9 @@ def run(
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task(spec.name, total=total, best="-", pruned=0, failed=0)
-            progress.update(task, completed=existing)
+            task = progress.add_task(
+                spec.name, total=total, completed=existing, **_progress_fields(study)
+            )
             started = time.monotonic()
             study = engine.run_study(
                 spec, storage_url=url, n_trials=n_trials, timeout=timeout,

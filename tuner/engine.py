@@ -122,10 +122,11 @@ def make_sampler(
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     match s.name:
         case "tpe":
-            return optuna.samplers.TPESampler(
-                seed=s.seed, multivariate=True, group=True,
-                **startup,
-            )
+            with warnings.catch_warnings():  # multivariate + group: experimental, and better
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(
+                    seed=s.seed, multivariate=True, group=True, **startup
+                )
         case "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         case "grid":
