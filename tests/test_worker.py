@@ -254,7 +254,7 @@ def test_pool_of_three_keeps_the_budget_exact_when_a_worker_is_killed(
     )
     engine = make_engine(url)
     store = JobStore(engine)
-    job, _ = store.create(long_spec(n_trials=5, parallelism=3))
+    job, _ = store.create(long_spec(n_trials=4, parallelism=3))
     pool = WorkerPool(settings, 3, check_interval_s=0.2)
     pool.start()
     try:
