@@ -34,7 +34,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from tuner.settings import get_settings
+from tuner import remote
+from tuner.settings import Settings, get_settings
 from tuner.spec import SpecError, load_spec
 
 if TYPE_CHECKING:
@@ -274,8 +275,17 @@ def export(
     trial: Annotated[
         int | None, typer.Option("--trial", help="Trial number (default: the best).")
     ] = None,
+    server: remote.ServerOpt = None,
+    key: remote.KeyOpt = None,
 ) -> None:
-    """Write the best trial as a complete spec with every searched value fixed."""
+    """Write the best trial as a complete spec with every searched value fixed.
+
+    STUDY is a local study name, or a job id (``j_...``) on a server (``--server`` or
+    TUNER_SERVER).
+    """
+    if server or remote.is_job_id(study_name):
+        remote.export_from_server(study_name, output, fmt, server, key)
+        return
     with user_errors():
         _quiet_optuna()
         from tuner.export import export_best
@@ -324,3 +334,63 @@ def train(
         if output is not None:
             save_model(result, output, hp)
             console.print(f"wrote {output}")
+
+
+# --- the service -------------------------------------------------------------------
+
+
+def _settings(**flags: Any) -> Settings:
+    """TUNER_* settings with the flags the user gave laid over them."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    return Settings(**{**get_settings().model_dump(), **given})
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (TUNER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (TUNER_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Embedded worker processes; 0 runs the API alone (TUNER_WORKERS)."),
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="TUNER_DATABASE_URL.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback bind without API keys.")
+    ] = False,
+) -> None:
+    """Start the job API, its workers and optuna-dashboard on one port."""
+    from api.server import serve as serve_api
+
+    settings = _settings(
+        host=host, port=port, workers=workers, database_url=database_url,
+        insecure=insecure or None,
+    )
+    console.print(
+        f"tuner: API http://{settings.host}:{settings.port}/v1/  docs /docs  dashboard /  "
+        f"workers {settings.workers}  database {settings.database_url}"
+    )
+    serve_api(settings)
+
+
+@app.command()
+def worker(
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="TUNER_DATABASE_URL.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    max_trials: Annotated[
+        int | None, typer.Option("--max-trials", help="Exit after this many trials.")
+    ] = None,
+) -> None:
+    """Run one standalone worker against the shared database (for more machines)."""
+    from tuner.jobs import migrate
+    from tuner.worker import run_worker
+
+    settings = _settings(database_url=database_url, device=device)
+    migrate(settings.database_url)
+    raise typer.Exit(run_worker(settings, max_trials=max_trials))
+
+
+remote.register(app)
