@@ -20,9 +20,12 @@ from starlette.routing import Match, Mount
 
 from api import errors
 from api.dashboard import dashboard_app
-from api.routes import artifacts, catalog, events, health, jobs, trials
+from api.limits import BodyLimit
+from api.routes import artifacts, catalog, events, health, jobs, keys, trials, uploads
+from api.security import Guard
 from tuner.engine import make_storage
 from tuner.jobs import JobStore, make_engine
+from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -30,6 +33,9 @@ Submit PyTorch hyperparameter tuning jobs, watch them live and take away the bes
 configuration and weights. Studies run on Optuna; optuna-dashboard is served at `/`.
 
 Every refusal is JSON `{"detail": "..."}` that says what to change.
+
+Once an API key exists (`tuner keys create`), every request needs one, as
+`Authorization: Bearer <key>` or `X-API-Key: <key>`; scopes are read, submit and admin.
 """
 
 
@@ -54,10 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = JobStore(engine, storage)
+    app.state.keys = KeyStore(engine)
     app.state.storage = storage
     app.state.artifacts = artifact_store
     errors.install(app)
-    for module in (jobs, trials, events, artifacts, catalog, health):
+    for module in (jobs, trials, events, artifacts, uploads, catalog, keys, health):
         app.include_router(module.router)
     app.add_api_route(
         "/v1/{path:path}",
@@ -66,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         include_in_schema=False,
     )
     app.mount("/", dashboard_app(storage, artifact_store), name="dashboard")
+    # Added last = outermost: the guard answers before a body is read at all.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(Guard, keys=app.state.keys, settings=settings)
     return app
 
 

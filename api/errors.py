@@ -16,7 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from api.limits import TooManyJobs
 from tuner.jobs import IdempotencyConflict, InvalidRequest, InvalidTransition, JobError, JobNotFound
+from tuner.keys import KeyNotFound, KeyRequestError
 from tuner.spec import SpecError, format_errors
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ STATUS: dict[type[Exception], int] = {
     InvalidTransition: 409,
     InvalidRequest: 422,
     SpecError: 422,
+    KeyNotFound: 404,
+    KeyRequestError: 422,
 }
 """Status code per domain error; a JobError not listed here is a 409 (state conflict)."""
 
@@ -78,9 +82,24 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return _detail(409, str(exc))
 
 
+async def _too_many(_: Request, exc: Exception) -> JSONResponse:
+    return _detail(429, str(exc))
+
+
+UNREADABLE_BODY = {
+    RecursionError: "the JSON body nests too deeply to read; a spec needs only a few levels",
+    UnicodeDecodeError: "the body is not UTF-8 text; send JSON encoded as UTF-8",
+}
+"""What FastAPI's bare "error parsing the body" (400) was, said as advice."""
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return _detail(exc.status_code, str(exc.detail), exc.headers)
+    detail = str(exc.detail)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        cause = type(exc.__cause__)
+        detail = next((d for kind, d in UNREADABLE_BODY.items() if issubclass(cause, kind)), detail)
+    return _detail(exc.status_code, detail, exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -93,6 +112,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobError, _domain)
     app.add_exception_handler(SpecError, _domain)
+    app.add_exception_handler(KeyRequestError, _domain)
+    app.add_exception_handler(TooManyJobs, _too_many)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)

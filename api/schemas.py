@@ -283,3 +283,38 @@ class DatasetOut(Out):
     needs_path: bool = Field(description="Needs dataset.path, relative to the data root.")
     needs_target: bool = Field(description="Needs dataset.target, the label column.")
     options: dict[str, DatasetOption] = Field(description="Accepted dataset.options.")
+
+
+class KeyOut(Out):
+    """An API key without its secret."""
+
+    id: str = Field(description="Public id: the start of the key, used to revoke it.")
+    owner: str
+    scopes: list[Literal["read", "submit", "admin"]]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"owner": "alice", "scopes": ["read", "submit"]}]},
+    )
+
+    owner: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    scopes: list[Literal["read", "submit", "admin"]] = Field(min_length=1, max_length=3)
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself: shown this once, only its hash is kept.")
+
+
+class UploadOut(Out):
+    """A dataset file uploaded by its owner; name it in a spec as dataset.path."""
+
+    name: str
+    format: Literal["csv", "npz"]
+    owner: str
+    path: str = Field(description="dataset.path for a spec: uploads/<owner>/<file>.")
+    size_bytes: int
+    created_at: datetime

@@ -16,7 +16,9 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
-from tuner.jobs import migrate
+from api.security import is_loopback
+from tuner.jobs import make_engine, migrate
+from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
 from tuner.worker import WorkerPool
 
@@ -29,9 +31,36 @@ def _note_stop(signum: int, _: FrameType | None) -> None:
     log.info("received %s; stopping the workers", signal.Signals(signum).name)
 
 
+class UnsafeBind(RuntimeError):
+    """Listening beyond loopback with no API key would let anyone run jobs."""
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback host while no API key exists, unless told ``insecure``."""
+    if is_loopback(settings.host) or settings.insecure:
+        return
+    engine = make_engine(settings.database_url)
+    try:
+        protected = KeyStore(engine).any_exist()
+    finally:
+        engine.dispose()
+    if not protected:
+        raise UnsafeBind(
+            f"refusing to listen on {settings.host}: no API key exists, so anyone who can "
+            "reach this address could run jobs and read every study. Create a key first "
+            "(tuner keys create --owner <name> --scopes admin), or listen on 127.0.0.1, "
+            "or pass --insecure (TUNER_INSECURE=1) if something else guards the port"
+        )
+
+
 def serve(settings: Settings) -> None:
-    """Serve until interrupted; returns after the workers have stopped."""
+    """Serve until interrupted; returns after the workers have stopped.
+
+    Raises :class:`UnsafeBind` (before starting anything) for a non-loopback host
+    without API keys.
+    """
     migrate(settings.database_url)
+    check_bind(settings)
     pool = WorkerPool(settings, settings.workers) if settings.workers else None
     if pool is not None:
         pool.start()
@@ -52,4 +81,7 @@ def serve(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    serve(get_settings())
+    try:
+        serve(get_settings())
+    except UnsafeBind as exc:
+        raise SystemExit(f"error: {exc}") from None

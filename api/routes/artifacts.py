@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from optuna.artifacts import get_all_artifact_meta
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from api.deps import ArtifactsDep, JobDep, StorageDep
+from api.deps import ArtifactsDep, JobDep, Read, StorageDep
 from api.errors import Conflict
 from api.schemas import NOT_FOUND, ErrorOut
 from api.views import load_study
@@ -17,7 +17,7 @@ from tuner.engine import UsageError
 from tuner.export import export_best, pick_trial
 from tuner.spec import dump_spec
 
-router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"])
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"], dependencies=[Read])
 
 MEDIA_TYPES = {"yaml": "application/yaml", "json": "application/json"}
 NOT_READY = {409: {"model": ErrorOut, "description": "No trial has completed yet."}}

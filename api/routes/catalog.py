@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api.deps import Read
 from api.schemas import DatasetOut, ObjectiveOut
 from tuner.data import dataset_catalog
 from tuner.objective import list_objectives
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Read])
 
 
 @router.get("/objectives", response_model=list[ObjectiveOut], summary="Model families to tune")

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, JobDep, StoreDep
+from api.deps import JobDep, Read, StoreDep
 from api.schemas import INVALID, NOT_FOUND, TERMINAL_STATES
 from tuner.jobs import JobNotFound, JobStore
 
@@ -63,13 +63,13 @@ async def _stream(
         **NOT_FOUND,
         **INVALID,
     },
+    dependencies=[Read],
     summary="Follow a job live (server-sent events)",
 )
 async def job_events(
     request: Request,
     job: JobDep,
     store: StoreDep,
-    owner: CurrentOwner,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -82,4 +82,4 @@ async def job_events(
     """Each event's data is a JSON object: ``state`` has the new state and reason,
     ``trial`` the finished trial, ``best`` the new best value and params."""
     after = int(last_event_id) if last_event_id else 0
-    return EventSourceResponse(_stream(request, store, job.id, owner, after))
+    return EventSourceResponse(_stream(request, store, job.id, job.owner, after))

@@ -6,7 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
 
-from api.deps import CurrentOwner, JobDep, StorageDep, StoreDep
+from api.deps import (
+    JobDep,
+    PrincipalDep,
+    Read,
+    SettingsDep,
+    StorageDep,
+    StoreDep,
+    Submit,
+    VisibleOwner,
+)
+from api.limits import admit, check_active_jobs, check_budget
 from api.schemas import (
     CONFLICT,
     EXAMPLE_SPEC,
@@ -17,13 +27,16 @@ from api.schemas import (
     JobOut,
     JobPatch,
     JobState,
+    Responses,
 )
 from api.views import job_detail, job_summary
 from tuner.spec import StudySpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-
+TOO_MANY: Responses = {
+    429: {"model": ErrorOut, "description": "The owner has too many active jobs."}
+}
 
 @router.post(
     "",
@@ -33,14 +46,17 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
         200: {"model": JobOut, "description": "Replay: this Idempotency-Key made this job."},
         409: {"model": ErrorOut, "description": "Idempotency-Key reused with another spec."},
         **INVALID,
+        **TOO_MANY,
     },
+    dependencies=[Submit],
     summary="Submit a tuning job",
 )
 def create_job(
     spec: Annotated[StudySpec, Body(openapi_examples={"digits": {"value": EXAMPLE_SPEC}})],
     store: StoreDep,
     storage: StorageDep,
-    owner: CurrentOwner,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -52,17 +68,29 @@ def create_job(
         ),
     ] = None,
 ) -> JobOut:
-    """Validate the spec, queue the job and create its Optuna study (``job-<id>``)."""
-    job, created = store.create(spec, owner=owner, idempotency_key=idempotency_key)
+    """Validate the spec, queue the job and create its Optuna study (``job-<id>``).
+
+    Refused, with nothing written, when the spec asks for more than this server's
+    limits, names a dataset file that is missing, outside the data root or another
+    owner's upload, searches nothing over several trials, or when the owner already
+    has ``TUNER_MAX_JOBS_PER_OWNER`` active jobs (429)."""
+    admit(spec, principal, settings, store)
+    job, created = store.create(spec, owner=principal.owner, idempotency_key=idempotency_key)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_detail(job, storage)
 
 
-@router.get("", response_model=JobList, responses=INVALID, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobList,
+    responses=INVALID,
+    dependencies=[Read],
+    summary="List jobs, newest first (an admin key sees every owner's)",
+)
 def list_jobs(
     store: StoreDep,
-    owner: CurrentOwner,
+    owner: VisibleOwner,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     cursor: Annotated[
         str | None, Query(max_length=200, description="next_cursor of the previous page.")
@@ -74,7 +102,11 @@ def list_jobs(
 
 
 @router.get(
-    "/{job_id}", response_model=JobOut, responses=NOT_FOUND, summary="A job, its trials and best"
+    "/{job_id}",
+    response_model=JobOut,
+    responses=NOT_FOUND,
+    dependencies=[Read],
+    summary="A job, its trials and best",
 )
 def get_job(job: JobDep, storage: StorageDep) -> JobOut:
     return job_detail(job, storage)
@@ -84,32 +116,41 @@ def get_job(job: JobDep, storage: StorageDep) -> JobOut:
     "/{job_id}/cancel",
     response_model=JobOut,
     responses={**NOT_FOUND, **CONFLICT},
+    dependencies=[Submit],
     summary="Cancel a job: running trials stop at their next epoch",
 )
-def cancel_job(job: JobDep, store: StoreDep, storage: StorageDep, owner: CurrentOwner) -> JobOut:
-    return job_detail(store.cancel(job.id, owner=owner), storage)
+def cancel_job(job: JobDep, store: StoreDep, storage: StorageDep) -> JobOut:
+    return job_detail(store.cancel(job.id, owner=job.owner), storage)
 
 
 @router.post(
     "/{job_id}/resume",
     response_model=JobOut,
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**NOT_FOUND, **CONFLICT, **TOO_MANY},
+    dependencies=[Submit],
     summary="Resume a cancelled or failed job with its remaining budget",
 )
-def resume_job(job: JobDep, store: StoreDep, storage: StorageDep, owner: CurrentOwner) -> JobOut:
-    return job_detail(store.resume(job.id, owner=owner), storage)
+def resume_job(
+    job: JobDep, store: StoreDep, storage: StorageDep, settings: SettingsDep
+) -> JobOut:
+    check_active_jobs(settings, store, job.owner)
+    return job_detail(store.resume(job.id, owner=job.owner), storage)
 
 
 @router.patch(
     "/{job_id}",
     response_model=JobOut,
     responses={**NOT_FOUND, **CONFLICT, **INVALID},
+    dependencies=[Submit],
     summary="Raise a job's n_trials or timeout",
 )
 def update_job(
-    job: JobDep, patch: JobPatch, store: StoreDep, storage: StorageDep, owner: CurrentOwner
+    job: JobDep, patch: JobPatch, store: StoreDep, storage: StorageDep, settings: SettingsDep
 ) -> JobOut:
-    updated = store.update(job.id, n_trials=patch.n_trials, timeout_s=patch.timeout_s, owner=owner)
+    check_budget(settings, patch.n_trials, patch.timeout_s)
+    updated = store.update(
+        job.id, n_trials=patch.n_trials, timeout_s=patch.timeout_s, owner=job.owner
+    )
     return job_detail(updated, storage)
 
 
@@ -117,8 +158,9 @@ def update_job(
     "/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, **CONFLICT},
+    dependencies=[Submit],
     summary="Delete a job and its study",
 )
-def delete_job(job: JobDep, store: StoreDep, owner: CurrentOwner) -> Response:
-    store.delete(job.id, owner=owner)
+def delete_job(job: JobDep, store: StoreDep) -> Response:
+    store.delete(job.id, owner=job.owner)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

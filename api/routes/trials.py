@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from api.deps import CurrentOwner, JobDep, StorageDep, StoreDep
+from api.deps import JobDep, Read, StorageDep, StoreDep, Submit
 from api.schemas import (
     CONFLICT,
     INVALID,
@@ -34,7 +34,11 @@ def _trials(storage: StorageDep, study_name: str) -> tuple[list[FrozenTrial], bo
 
 
 @router.get(
-    "", response_model=TrialList, responses={**NOT_FOUND, **INVALID}, summary="A job's trials"
+    "",
+    response_model=TrialList,
+    responses={**NOT_FOUND, **INVALID},
+    dependencies=[Read],
+    summary="A job's trials",
 )
 def list_trials(
     job: JobDep,
@@ -68,7 +72,11 @@ def list_trials(
 
 
 @router.get(
-    "/{number}", response_model=TrialOut, responses=NOT_FOUND, summary="One trial of a job"
+    "/{number}",
+    response_model=TrialOut,
+    responses=NOT_FOUND,
+    dependencies=[Read],
+    summary="One trial of a job",
 )
 def get_trial(
     job: JobDep,
@@ -90,11 +98,10 @@ def get_trial(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EnqueueOut,
     responses={**NOT_FOUND, **CONFLICT, **INVALID},
+    dependencies=[Submit],
     summary="Enqueue known configurations to try first (warm start)",
 )
-def enqueue_trials(
-    job: JobDep, body: EnqueueRequest, store: StoreDep, owner: CurrentOwner
-) -> EnqueueOut:
+def enqueue_trials(job: JobDep, body: EnqueueRequest, store: StoreDep) -> EnqueueOut:
     """Each configuration names Optuna parameters (``lr``, ``optimizer``,
     ``optimizer.sgd.momentum``); missing ones are sampled as usual."""
-    return EnqueueOut(enqueued=store.enqueue(job.id, body.params, owner=owner))
+    return EnqueueOut(enqueued=store.enqueue(job.id, body.params, owner=job.owner))
