@@ -30,6 +30,7 @@ from tuner import models, train
 from tuner.space import resolve_space, suggest
 from tuner.spec import (
     CLASSIFICATION_LOSSES,
+    DEFAULT_METRIC,
     GLOBAL_METRICS,
     LOSSES,
     Branches,
@@ -187,9 +188,8 @@ def resolved_metrics(spec: StudySpec, task: Task | None) -> list[Metric]:
             f"dataset {spec.dataset.name!r} does not say its task: set dataset.task "
             "(classification or regression) or list metrics"
         )
-    if task == "classification":
-        return [Metric(name="val_accuracy", direction="maximize")]
-    return [Metric(name="val_rmse", direction="minimize")]
+    default = Metric(name=DEFAULT_METRIC[task])
+    return [default.model_copy(update={"direction": default.resolved_direction})]
 
 
 def _monitor(metric: Metric) -> str | None:

@@ -118,6 +118,7 @@ CLASSIFICATION_METRICS = {
 }
 REGRESSION_METRICS = {"mse", "rmse", "mae", "r2", "loss"}
 GLOBAL_METRICS = {"n_params", "train_seconds", "epochs_run"}
+DEFAULT_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
 MINIMIZED = {"loss", "log_loss", "mse", "rmse", "mae", "n_params", "train_seconds", "epochs_run"}
 
 
@@ -345,7 +346,9 @@ class StudySpec(Strict):
     dataset: DatasetSpec
     metrics: list[Metric] = Field(default_factory=list, max_length=4)
     budget: Budget = Field(default_factory=Budget)
-    parallelism: PositiveInt = Field(default=1, le=64)
+    parallelism: PositiveInt = Field(
+        default=4, le=64, description="Trials of this job that may run at once, across workers."
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for training runs.")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec | None = None
@@ -355,6 +358,23 @@ class StudySpec(Strict):
     warm_start_from: str | None = Field(default=None, max_length=64)
     webhook_url: str | None = Field(default=None, max_length=2048)
     provenance: Provenance | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data: Any) -> Any:
+        """Name the metric when the dataset's task says it, so a stored or exported spec
+        is explicit: val_accuracy for classification, val_rmse for regression."""
+        if not isinstance(data, dict) or data.get("metrics"):
+            return data
+        dataset = data.get("dataset")
+        task = None
+        if isinstance(dataset, dict):
+            task = dataset.get("task") or BUNDLED_DATASETS.get(dataset.get("name"))  # type: ignore[arg-type]
+        elif isinstance(dataset, DatasetSpec):
+            task = dataset.known_task
+        if task in DEFAULT_METRIC:
+            return {**data, "metrics": [{"name": DEFAULT_METRIC[task]}]}
+        return data
 
     @field_validator("objective")
     @classmethod
