@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import tuner.keys  # noqa: F401 - registers the api_keys table on Base, for autogenerate
 from tuner.jobs.db import VERSION_TABLE, include_name, make_engine
 from tuner.jobs.models import Base
 from tuner.settings import get_settings
