@@ -18,6 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from tuner import report
+from tuner.engine import ranked_trials
 from tuner.report import Finding, build_report, diagnose, history_png
 
 HP = {
@@ -442,7 +443,7 @@ def test_report_of_a_real_study(tmp_path: Path) -> None:
     study = run_study(spec, storage_url=f"sqlite:///{tmp_path / 'real.db'}", device="cpu")
     page = build_report(study)
     assert {"history", "importances", "parallel", "slices", "intermediate"} <= sections(page)
-    best = report.ranked_trials(study)[0]
+    best = ranked_trials(study)[0]
     assert f"Trial #{best.number} (" in page
     assert set(best.user_attrs["curves"]) >= {"train_loss", "val_loss"}
     assert all(f.kind in report.Kind.__args__ for f in report.diagnose_trial(best))

@@ -98,17 +98,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first (for several metrics: the Pareto front first)."""
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = {t.number for t in study.best_trials} if done else set()
-    sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
-    return sorted(done, key=lambda t: (t.number not in front, sign * t.values[0], t.number))
-
-
 def _trials_table(study: optuna.Study, limit: int) -> Table:
     names = study.metric_names or [f"value {i}" for i in range(len(study.directions))]
     table = Table(title=f"top trials of {study.study_name}", title_justify="left")
@@ -117,7 +106,9 @@ def _trials_table(study: optuna.Study, limit: int) -> Table:
         table.add_column(f"{name} ({direction.name.lower()[:3]})", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("params")
-    for trial in _ranked(study)[:limit]:
+    from tuner.engine import ranked_trials
+
+    for trial in ranked_trials(study)[:limit]:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         table.add_row(
             str(trial.number), *(_fmt(v) for v in trial.values),

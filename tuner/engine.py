@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
@@ -245,6 +246,22 @@ def load_study(storage: optuna.storages.BaseStorage | str, study_name: str) -> o
 
 
 # --- running ---------------------------------------------------------------------------
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first: for several metrics the Pareto front comes first,
+    then each group by the metrics in order, then by trial number."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    signs = [1 if d == StudyDirection.MINIMIZE else -1 for d in study.directions]
+    front = {t.number for t in study.best_trials} if len(signs) > 1 and done else set()
+    return sorted(
+        done,
+        key=lambda t: (
+            t.number not in front,
+            *(s * v for s, v in zip(signs, t.values, strict=True)),
+            t.number,
+        ),
+    )
 
 
 def _cores() -> int:

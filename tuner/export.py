@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from safetensors.torch import save_file
 
 from tuner import space as spaces
-from tuner.engine import UsageError, load_spec_of, load_study, pick_device
+from tuner.engine import UsageError, load_spec_of, load_study, pick_device, ranked_trials
 from tuner.objective import fit, get_objective, load_data, resolved_metrics
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult
@@ -58,13 +58,12 @@ def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTr
                 "export a completed trial"
             )
         return trials[0]
-    best = study.best_trials
-    if not best:
+    ranked = ranked_trials(study)
+    if not ranked:
         raise UsageError(
             f"study {study.study_name!r} has no completed trial yet; run more trials"
         )
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
-    return min(best, key=lambda t: (sign * t.values[0], t.number))
+    return ranked[0]
 
 
 def _dump(value: Any) -> Any:

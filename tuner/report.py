@@ -36,6 +36,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
+from tuner.engine import ranked_trials
+
 # --- diagnosis thresholds ------------------------------------------------------------
 
 MIN_EPOCHS = 3
@@ -377,20 +379,6 @@ def _snapshot(study: optuna.Study) -> optuna.Study:
     for key, value in study.user_attrs.items():
         copy.set_user_attr(key, value)
     return copy
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first: by value, or Pareto front first for several metrics."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    signs = [1 if d == StudyDirection.MINIMIZE else -1 for d in study.directions]
-    front = {t.number for t in study.best_trials} if len(signs) > 1 and done else set()
-    return sorted(
-        done,
-        key=lambda t: (
-            t.number not in front,
-            *(s * v for s, v in zip(signs, t.values, strict=True)),
-        ),
-    )
 
 
 def _importances(study: optuna.Study, completed: list[FrozenTrial]) -> dict[str, float] | str:
