@@ -350,7 +350,6 @@ def test_best_config_is_a_runnable_spec_with_provenance(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=Conflict, reason="workers do not save the best weights yet")
 def test_download_model_gives_loadable_safetensors(
     live: str, finished: tuple[Job, list[Job]], tmp_path: Path
 ) -> None:

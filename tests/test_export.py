@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from tuner import engine, export
 from tuner.spec import Branches, StudySpec, dump_spec, parse_spec
+from tuner.weights import save_model
 
 Spec = Callable[..., StudySpec]
 
@@ -66,7 +67,7 @@ def test_retrain_reproduces_the_trial_metric_exactly(study_url: str, tmp_path: P
         result = export.retrain(spec, device="cpu")
         assert result.metrics["val_accuracy"] == trial.values[0]
         assert result.metrics["val_loss"] == trial.user_attrs["metrics"]["val_loss"]
-    path = export.save_model(result, tmp_path / "m.safetensors", export.fixed_hp(spec))
+    path = save_model(result, tmp_path / "m.safetensors", export.fixed_hp(spec))
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == set(result.model.state_dict())
         assert '"lr"' in f.metadata()["hp"]

@@ -17,10 +17,13 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
+from tuner.engine import ranked_trials
 from tuner.jobs import Job, JobStore, SlotState, TrialSlot, make_engine, migrate
 from tuner.settings import Settings
 from tuner.spec import StudySpec
@@ -38,7 +41,8 @@ def settings(sqlite_url: str, tmp_path: Path) -> Settings:
 def fast_settings(url: str, tmp_path: Path) -> Settings:
     """Short leases so lost workers are noticed within seconds."""
     return Settings(
-        database_url=url, data_root=tmp_path, device="cpu", torch_threads=1,
+        database_url=url, data_root=tmp_path, artifact_root=tmp_path / "artifacts",
+        device="cpu", torch_threads=1,
         heartbeat_interval_s=0.2, grace_period_s=1.5, reaper_interval_s=0.3,
         poll_interval_s=0.1, shutdown_timeout_s=15,
     )
@@ -101,6 +105,27 @@ def assert_exact_budget(store: JobStore, job_id: str) -> Job:
 
 
 # --- in one process -------------------------------------------------------------------------
+
+
+def test_worker_keeps_weights_of_the_top_k_trials_only(
+    settings: Settings, store: JobStore, make_spec: SpecFactory
+) -> None:
+    settings = settings.model_copy(update={"top_k_models": 2})
+    job, _ = store.create(make_spec(budget={"n_trials": 5, "max_epochs": 3}))
+    Worker(settings).run(max_trials=5)
+    study = optuna.load_study(study_name=job.study_name, storage=store.storage)
+    kept = {
+        t.number
+        for t in study.get_trials()
+        for meta in get_all_artifact_meta(t, storage=store.storage)
+        if (settings.artifact_root / meta.artifact_id).exists()
+    }
+    top = {t.number for t in ranked_trials(study)[:2]}
+    assert kept == top
+    best = load_file(str(settings.artifact_root / get_all_artifact_meta(
+        ranked_trials(study)[0], storage=store.storage)[0].artifact_id))
+    assert best and all(t.numel() > 0 for t in best.values())
+
 
 
 def test_worker_runs_a_job_to_its_budget(

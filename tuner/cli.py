@@ -306,7 +306,8 @@ def train(
     """Retrain one fixed configuration and print its metrics beside the trial's."""
     with user_errors():
         spec = load_spec(spec_file)
-        from tuner.export import fixed_hp, retrain, save_model
+        from tuner.export import fixed_hp, retrain
+        from tuner.weights import save_model
 
         hp = fixed_hp(spec)  # checks every value is fixed before any training
         result = retrain(spec, data_root=data_root or get_settings().data_root, device=device)

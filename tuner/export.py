@@ -8,7 +8,6 @@ it came from (study, trial, metrics, dataset fingerprint, package versions).
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from datetime import UTC, datetime
@@ -17,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
-from safetensors.torch import save_file
 
 from tuner import space as spaces
 from tuner.engine import UsageError, load_spec_of, load_study, pick_device, ranked_trials
@@ -28,7 +25,7 @@ from tuner.objective import fit, get_objective, load_data, resolved_metrics
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult
 
-__all__ = ["export_best", "fixed_hp", "pick_trial", "retrain", "save_model", "versions"]
+__all__ = ["export_best", "fixed_hp", "pick_trial", "retrain", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -128,20 +125,3 @@ def retrain(
     target = pick_device(device)
     data = load_data(spec, data_root, target)
     return fit(spec, fixed_hp(spec, data.task), data, target)
-
-
-def save_model(result: TrainResult, path: str | Path, hp: dict[str, Any]) -> Path:
-    """Write the trained weights as safetensors, the hp and metrics as metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        name: tensor.detach().to("cpu").contiguous()
-        for name, tensor in result.model.state_dict().items()
-    }
-    metadata = {
-        "hp": json.dumps(hp),
-        "metrics": json.dumps({k: v for k, v in result.metrics.items() if math.isfinite(v)}),
-        "torch": torch.__version__,
-    }
-    save_file(tensors, str(path), metadata=metadata)
-    return path

@@ -249,11 +249,14 @@ def evaluate(
     data_root: str | Path | None = None,
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] | None = None,
+    on_result: Callable[[optuna.Trial, train.TrainResult, dict[str, Any]], None] | None = None,
 ) -> float | list[float]:
     """The Optuna objective: suggest, train with per-epoch pruning, return the metrics.
 
     Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task`` and
     ``dataset_fingerprint`` as trial user attributes (``fail_reason`` on divergence).
+    ``on_result(trial, result, hp)`` sees a finished training while the trial still
+    runs (workers keep the weights with it).
     """
     data = load_data(spec, data_root, device)
     hp = suggest(trial, resolve_space(spec, get_objective(spec.objective), data.task))
@@ -292,4 +295,6 @@ def evaluate(
     values = [float(result.metrics[m.name]) for m in metrics]
     if not all(math.isfinite(v) for v in values):
         trial.set_user_attr("fail_reason", f"metric is not a number: {values}")
+    elif on_result is not None:
+        on_result(trial, result, hp)
     return values[0] if len(values) == 1 else values

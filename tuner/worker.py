@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from sqlalchemy import Engine
 
@@ -35,7 +36,8 @@ from tuner.jobs import Claim, JobStore, make_engine
 from tuner.objective import Cancelled, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
-from tuner.train import Diverged
+from tuner.train import Diverged, TrainResult
+from tuner.weights import keep_top_k, upload_weights
 
 log = logging.getLogger("tuner.worker")
 
@@ -101,6 +103,8 @@ class Worker:
         )
         self.store = JobStore(engine or make_engine(settings.database_url), self.storage)
         self.device = optuna_engine.pick_device(settings.device)
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        self.artifacts = FileSystemArtifactStore(str(settings.artifact_root))
         self.trials_run = 0
         self._current: tuple[int, int | None] | None = None  # (slot id, Optuna trial id)
         self._lock = threading.Lock()
@@ -200,7 +204,7 @@ class Worker:
             try:
                 return evaluate(
                     spec, trial, data_root=self.settings.data_root, device=self.device,
-                    should_stop=stopper,
+                    should_stop=stopper, on_result=self._keep_weights,
                 )
             except Cancelled as exc:
                 trial.set_user_attr("fail_reason", f"interrupted: {stopper.reason or exc}")
@@ -212,6 +216,9 @@ class Worker:
                 raise
 
         return objective
+
+    def _keep_weights(self, trial: optuna.Trial, result: TrainResult, hp: dict[str, Any]) -> None:
+        upload_weights(trial, result, hp, self.artifacts)
 
     def _trial_id(self) -> int | None:
         with self._lock:
@@ -233,6 +240,16 @@ class Worker:
 
         if self._call(settle) is False:
             log.warning("slot %s was reaped meanwhile; its result does not count", claim.slot_id)
+        elif release is None and trial_id is not None:
+            self._call(lambda: self._drop_weights_outside_top_k(claim, trial_id))
+
+    def _drop_weights_outside_top_k(self, claim: Claim, trial_id: int) -> None:
+        try:
+            number = self.storage.get_trial(trial_id).number
+        except KeyError:  # deleted with its job
+            return
+        _, study = self._study(claim)
+        keep_top_k(study, self.artifacts, self.settings.top_k_models, number)
 
     def _call(self, fn: Callable[[], Any], tries: int = 5) -> Any:
         """Retry a store call through transient database errors (the slot's lease waits)."""
