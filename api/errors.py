@@ -51,6 +51,11 @@ class _Report:
 
 def _relocate(err: dict[str, Any]) -> dict[str, Any]:
     """Body errors read as spec paths; query, header and path errors name their parameter."""
+    if err["type"] == "json_invalid":
+        at = err["loc"][-1] if len(err["loc"]) > 1 else "?"
+        reason = err.get("ctx", {}).get("error", err["msg"])
+        msg = f"not valid JSON ({reason} at character {at}); send one JSON object"
+        return {**err, "loc": ("body",), "msg": msg}
     where, *rest = err["loc"] or ("body",)
     if where == "body":
         loc = tuple(rest) or ("body",)
