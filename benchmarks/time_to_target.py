@@ -1,0 +1,341 @@
+"""Time to target: the default strategy (TPE + Hyperband) against random search and TPE
+without pruning, on the same objective, search space, wall-clock budget and workers.
+
+The objective is a hard synthetic classification (12 classes, low class separation,
+15% flipped labels) trained by tuner's own objective (``tuner.objective.evaluate``).
+Each arm is a fresh SQLite study shared by two worker processes (long-lived, as the
+service's workers are: torch imported and data loaded before the clock starts), each
+running ``study.optimize`` until the deadline; a trial still running at the deadline
+is stopped between epochs and does not count.
+
+Time to target is when the first completed trial reaches ``target`` validation
+accuracy, from the moment the workers are given the study. The target comes from a
+pilot: reachable by random search within the budget in some runs, not all. An arm
+that never reaches it gets the budget as a censored time, so a ratio against a
+censored arm is a bound, and the notes say how many were censored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from benchmarks import hyperopt_compare
+from benchmarks.common import Goal, Report, Size, figure, interleave, ratios, stats
+from tuner.engine import create_study, make_pruner, make_sampler, make_storage
+from tuner.objective import Cancelled, evaluate, fit, load_data
+from tuner.spec import StudySpec, parse_spec
+from tuner.train import Diverged, resolve_hp
+
+STUDY = "bench"
+STARTUP_S = 300.0
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "default": {"sampler": {"name": "tpe"}},  # the spec's default pruner: hyperband
+    "random": {"sampler": {"name": "random"}, "pruner": {"name": "none"}},
+    "tpe": {"sampler": {"name": "tpe"}, "pruner": {"name": "none"}},
+}
+"""Strategies by name: the parts of the spec that differ between arms."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The objective, space and budget every arm shares."""
+
+    options: dict[str, float]
+    max_epochs: int
+    budget_s: float
+    target: float
+    workers: int = 2
+
+    def spec(self, strategy: str, seed: int) -> StudySpec:
+        parts = STRATEGIES[strategy]
+        return parse_spec({
+            "name": f"{strategy}-{seed}",
+            "objective": "mlp",
+            "dataset": {"name": "synthetic_classification", "options": self.options},
+            "metrics": [{"name": "val_accuracy", "direction": "maximize"}],
+            "budget": {"n_trials": 100_000, "max_epochs": self.max_epochs},
+            "seed": seed,
+            "sampler": {**parts["sampler"], "seed": seed},
+            **({"pruner": parts["pruner"]} if "pruner" in parts else {}),
+            "search_space": {
+                "epochs": self.max_epochs,
+                "batch_size": {"choices": [64, 128, 256]},
+                "depth": {"low": 1, "high": 3},
+                "width": {"low": 16, "high": 256, "log": True},
+            },
+        })
+
+
+def problem(size: Size) -> Problem:
+    if size.smoke:
+        return Problem(
+            options={"n_samples": 400, "n_features": 10, "n_informative": 6, "n_classes": 4,
+                     "class_sep": 0.8, "flip_y": 0.1, "seed": 3},
+            max_epochs=6, budget_s=2.0, target=0.5,
+        )
+    return Problem(
+        options={"n_samples": 2500, "n_features": 30, "n_informative": 16, "n_classes": 12,
+                 "class_sep": 0.6, "flip_y": 0.15, "seed": 3},
+        max_epochs=27, budget_s=20.0, target=0.52,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One arm's run: when it reached the target (or the budget, censored) and more."""
+
+    time_to_target: float
+    reached: bool
+    best: float
+    epochs: int
+    trials: int
+    pruned: int
+
+
+Record = tuple[float, float | None, int, str]
+"""One trial: seconds from the start to its end, its value (None unless complete),
+epochs it trained, and its state."""
+
+
+def outcome(records: list[Record], target: float, budget_s: float) -> Outcome:
+    """Summarise an arm's trials; only trials that ended within the budget count."""
+    done = sorted(r for r in records if r[0] <= budget_s)
+    values = [(t, v) for t, v, _, _ in done if v is not None and math.isfinite(v)]
+    hit = next((t for t, v in values if v >= target), None)
+    return Outcome(
+        time_to_target=budget_s if hit is None else hit,
+        reached=hit is not None,
+        best=max((v for _, v in values), default=math.nan),
+        epochs=sum(e for _, _, e, _ in done),
+        trials=len(done),
+        pruned=sum(s == "PRUNED" for *_, s in done),
+    )
+
+
+# --- worker processes ------------------------------------------------------------------
+
+
+def _init_worker(spec_json: str, threads: int) -> None:
+    """Import, set threads and load the data once, as a service worker does."""
+    torch.set_num_threads(threads)
+    # Trials stopped at the deadline fail on purpose: no tracebacks for them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    spec = parse_spec(json.loads(spec_json))
+    data = load_data(spec, None, "cpu")
+    # Lazy imports (metrics) before any clock runs, as in a long-lived worker.
+    fit(spec, resolve_hp({"epochs": 1}, data.task), data, "cpu")
+
+
+def _ready(_: int) -> None:
+    time.sleep(0.5)  # long enough that every process of the pool takes one
+
+
+def _tuner_worker(spec_json: str, url: str, index: int, deadline: float) -> None:
+    spec = parse_spec(json.loads(spec_json))
+    # Each worker seeds its own sampler: the same seed in two processes would sample
+    # the same configurations twice.
+    seeded = spec.model_copy(
+        update={"sampler": spec.sampler.model_copy(update={"seed": spec.seed * 100 + index})}
+    )
+    storage = make_storage(url)
+    study = optuna.load_study(
+        study_name=STUDY, storage=storage, sampler=make_sampler(seeded), pruner=make_pruner(spec)
+    )
+    study.optimize(
+        lambda trial: evaluate(spec, trial, should_stop=lambda: time.time() >= deadline),
+        timeout=max(0.0, deadline - time.time()),
+        catch=(Diverged, Cancelled),
+        gc_after_trial=False,
+    )
+    storage.engine.dispose()
+
+
+@contextmanager
+def worker_pool(prob: Problem) -> Iterator[Pool]:
+    """``prob.workers`` warm processes, one torch thread each (workers x threads <= cores)."""
+    spec_json = prob.spec("default", 0).model_dump_json()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(prob.workers, initializer=_init_worker, initargs=(spec_json, 1)) as pool:
+        pool.map_async(_ready, range(prob.workers), chunksize=1).get(timeout=STARTUP_S)
+        yield pool
+
+
+def run_tuner(
+    pool: Pool, prob: Problem, strategy: str, seed: int, workdir: Path, workers: int
+) -> Outcome:
+    """One arm: a fresh study, ``workers`` processes optimising it until the deadline."""
+    spec = prob.spec(strategy, seed)
+    url = f"sqlite:///{workdir / f'{strategy}-{seed}-{workers}.db'}"
+    storage = make_storage(url)
+    create_study(spec, storage, STUDY)
+    deadline = time.time() + prob.budget_s
+    started = deadline - prob.budget_s
+    pool.starmap(
+        _tuner_worker, [(spec.model_dump_json(), url, i, deadline) for i in range(workers)],
+        chunksize=1,
+    )
+    trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+    storage.engine.dispose()
+    return outcome(
+        [
+            (
+                t.datetime_complete.timestamp() - started,
+                t.value if t.state == TrialState.COMPLETE else None,
+                int(t.user_attrs.get("epochs_run", 0)),
+                t.state.name,
+            )
+            for t in trials
+            if t.datetime_complete is not None
+        ],
+        prob.target,
+        prob.budget_s,
+    )
+
+
+def compare(
+    size: Size, arms: dict[str, Callable[[Pool, Problem, int, Path], Outcome]]
+) -> tuple[Problem, dict[str, list[Outcome]]]:
+    """Run ``arms`` interleaved over the seeds, sharing one warm worker pool."""
+    prob = problem(size)
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp, worker_pool(prob) as pool:
+        results = interleave(
+            range(size.seeds),
+            {name: (lambda seed, arm=arm: arm(pool, prob, seed, Path(tmp))) for name, arm in
+             arms.items()},
+        )
+    return prob, results
+
+
+def describe(prob: Problem, results: dict[str, list[Outcome]]) -> dict[str, Any]:
+    """Per-arm raw outcomes and their medians, for the JSON details."""
+    return {
+        "problem": asdict(prob),
+        "arms": {
+            name: {
+                "runs": [asdict(o) for o in outs],
+                "reached": f"{sum(o.reached for o in outs)}/{len(outs)}",
+                "median_time_to_target_s": stats([o.time_to_target for o in outs]).median,
+                "median_best": stats([o.best for o in outs]).median,
+                "median_trials": stats([o.trials for o in outs]).median,
+                "median_epochs": stats([o.epochs for o in outs]).median,
+            }
+            for name, outs in results.items()
+        },
+    }
+
+
+def censored_note(results: dict[str, list[Outcome]], *arms: str) -> str:
+    parts = [f"{a} reached the target in {sum(o.reached for o in results[a])}/"
+             f"{len(results[a])} runs" for a in arms]
+    return "; ".join(parts) + " (misses count as the budget: a bound)"
+
+
+def _from_records(prob: Problem, records: list[Record]) -> Outcome:
+    return outcome(records, prob.target, prob.budget_s)
+
+
+def run_hyperopt(pool: Pool, prob: Problem, seed: int, workdir: Path) -> Outcome:
+    """One hyperopt arm: TPE in one of the pool's processes until the deadline."""
+    deadline = time.time() + prob.budget_s
+    spec_json = prob.spec("default", seed).model_dump_json()
+    records = pool.apply(
+        hyperopt_compare.hyperopt_worker, (spec_json, seed, deadline - prob.budget_s, deadline)
+    )
+    return _from_records(prob, records)
+
+
+def run(size: Size) -> list[Report]:
+    """The three strategies with 2 workers, plus hyperopt vs tuner with 1 worker."""
+    arms: dict[str, Callable[[Pool, Problem, int, Path], Outcome]] = {
+        name: (lambda pool, prob, seed, tmp, name=name: run_tuner(
+            pool, prob, name, seed, tmp, prob.workers))
+        for name in STRATEGIES
+    }
+    why_not = hyperopt_compare.missing()
+    if why_not is None:
+        arms["default, 1 worker"] = lambda pool, prob, seed, tmp: run_tuner(
+            pool, prob, "default", seed, tmp, 1)
+        arms["hyperopt, 1 worker"] = run_hyperopt
+    prob, res = compare(size, arms)
+    return [_strategies(prob, res), _hyperopt(prob, res, why_not)]
+
+
+def _col(res: dict[str, list[Outcome]], arm: str, key: str) -> list[float]:
+    return [float(getattr(o, key)) for o in res[arm]]
+
+
+def _strategies(prob: Problem, res: dict[str, list[Outcome]]) -> Report:
+    report = Report("time_to_target", "Time to target: TPE + Hyperband vs no pruning, 2 workers")
+    report.details = describe(prob, {k: v for k, v in res.items() if k in STRATEGIES})
+    report.notes.append(
+        f"Target val_accuracy >= {prob.target} on synthetic_classification {prob.options}, "
+        f"{prob.budget_s:g} s budget, {prob.workers} worker processes sharing one SQLite study."
+    )
+
+    def col(arm: str, key: str) -> list[float]:
+        return _col(res, arm, key)
+
+    report.figures += [
+        figure("default / random: time to target", ratios(col("default", "time_to_target"),
+               col("random", "time_to_target")), Goal("<=", 1 / 3),
+               censored_note(res, "default", "random")),
+        figure("default / tpe without pruning: time to target",
+               ratios(col("default", "time_to_target"), col("tpe", "time_to_target")),
+               note=censored_note(res, "tpe")),
+        figure("default / random: best val_accuracy at budget",
+               ratios(col("default", "best"), col("random", "best")), note="higher is better"),
+        figure("default / random: trials in budget",
+               ratios(col("default", "trials"), col("random", "trials")),
+               note="configurations tried in the same time"),
+        figure("default / random: epochs spent",
+               ratios(col("default", "epochs"), col("random", "epochs")),
+               note="pruning ends poor trials early; epochs are the compute spent"),
+    ]
+    return report
+
+
+def _hyperopt(prob: Problem, res: dict[str, list[Outcome]], why_not: str | None) -> Report:
+    report = Report("hyperopt", "Hyperopt TPE vs tuner default, 1 worker each")
+    report.notes.append(
+        "Ray Tune is not run: its wheel and dependencies are several hundred MB for one "
+        "comparison, and its trial scheduling needs its own cluster runtime on 2 cores."
+    )
+    if why_not is not None:
+        report.skipped = why_not
+        return report
+    arms = ("default, 1 worker", "hyperopt, 1 worker")
+    report.details = describe(prob, {k: res[k] for k in arms})
+    report.details["import_s"] = {
+        "hyperopt": hyperopt_compare.import_seconds("hyperopt"),
+        "tuner": hyperopt_compare.import_seconds("tuner.engine"),
+    }
+    report.notes.append(
+        "Start-up, not counted in the time to target: importing (fresh interpreter) "
+        f"hyperopt {report.details['import_s']['hyperopt']:.2f} s, tuner.engine "
+        f"{report.details['import_s']['tuner']:.2f} s."
+    )
+    report.figures += [
+        figure("tuner / hyperopt: time to target",
+               ratios(_col(res, arms[0], "time_to_target"), _col(res, arms[1], "time_to_target")),
+               Goal("<=", 1.0), censored_note(res, *arms)),
+        figure("tuner / hyperopt: best val_accuracy at budget",
+               ratios(_col(res, arms[0], "best"), _col(res, arms[1], "best")),
+               note="higher is better"),
+        figure("tuner / hyperopt: trials in budget",
+               ratios(_col(res, arms[0], "trials"), _col(res, arms[1], "trials"))),
+    ]
+    return report
