@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,7 +56,30 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(default=256, ge=1)
     rate_limit_per_minute: int = Field(default=600, ge=1)
     insecure: bool = Field(default=False, description="Allow a non-loopback bind with no keys.")
-    log_json: bool = False
+    log_json: bool = Field(
+        default=False, description="Log JSON lines (time, level, logger, message, context)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Webhooks (docs/webhooks.md): the service POSTs to URLs its users give it.
+    webhook_secret: SecretStr | None = Field(
+        default=None, min_length=16,
+        description="HMAC-SHA256 key that signs every webhook; without it, specs with a "
+        "webhook_url are refused.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhooks to loopback, private, link-local and other non-public "
+        "addresses (off: a job could otherwise make the server call internal services).",
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_s: float = Field(
+        default=10.0, gt=0, description="First retry delay; doubles each attempt, up to 1 h."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_poll_interval_s: float = Field(
+        default=2.0, gt=0, description="How often `tuner serve` looks for due deliveries."
+    )
 
 
 @cache
