@@ -22,6 +22,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -265,6 +266,36 @@ def check_relative_path(path: str) -> str:
     return path
 
 
+def check_webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host and no credentials, fragment or whitespace.
+
+    Where it may point (public addresses only, by default) is the server's rule, checked
+    at submit and again at each delivery: ``tuner.webhooks``.
+    """
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError("remove spaces and control characters from the URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "use an absolute http:// or https:// URL with a host, "
+            "e.g. https://hooks.example.com/tuner"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "remove the user and password from the URL; the service signs each request "
+            "instead (X-Tuner-Signature): check that on the receiving side"
+        )
+    if parts.fragment:
+        raise ValueError("remove the #fragment from the URL")
+    if port == 0:
+        raise ValueError("port 0 is not a port; give a real one or none")
+    return url
+
+
 class Metric(Strict):
     """A metric to optimise. ``val_`` and ``test_`` prefixes pick the split."""
 
@@ -356,7 +387,11 @@ class StudySpec(Strict):
         default_factory=dict, max_length=64
     )
     warm_start_from: str | None = Field(default=None, max_length=64)
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(
+        default=None, max_length=2048,
+        description="The service POSTs a signed JSON notice here when the job succeeds, "
+        "fails or is cancelled (http or https; see docs/webhooks.md).",
+    )
     provenance: Provenance | None = None
 
     @model_validator(mode="before")
@@ -383,6 +418,11 @@ class StudySpec(Strict):
         if name not in known:
             raise ValueError(f"unknown objective {name!r}; registered: {', '.join(known)}")
         return name
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, url: str | None) -> str | None:
+        return None if url is None else check_webhook_url(url)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
