@@ -1,0 +1,129 @@
+"""The benchmark harness works at toy size: pairing, statistics, censoring, the report,
+and a whole ``python -m benchmarks --smoke`` run. No timing is asserted: benchmarks
+measure, tests only prove the measuring works."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# benchmarks/ is run from the repository root (`python -m benchmarks`), not installed.
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import api_load, train_loop  # noqa: E402
+from benchmarks.common import SMOKE, Goal, Report, figure, interleave, ratios, stats  # noqa: E402
+from benchmarks.report import markdown  # noqa: E402
+from benchmarks.time_to_target import outcome  # noqa: E402
+
+
+def test_interleave_runs_every_arm_per_seed_reversing_the_order() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def arm(name: str):  # type: ignore[no-untyped-def]
+        def run(seed: int) -> int:
+            calls.append((name, seed))
+            return seed * 10
+        return run
+
+    results = interleave([0, 1, 2], {"a": arm("a"), "b": arm("b")})
+    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert results == {"a": [0, 10, 20], "b": [0, 10, 20]}
+
+
+def test_ratio_statistics_and_goals() -> None:
+    values = ratios([1.0, 3.0, 8.0, 1.0], [2.0, 1.0, 2.0, 0.0])
+    assert values[:3] == [0.5, 3.0, 4.0] and math.isnan(values[3])
+    s = stats(values)
+    assert (s.median, s.min, s.max, s.n) == (3.0, 0.5, 4.0, 3)
+    assert figure("x", values, Goal(">=", 2.0)).met is True
+    assert figure("x", values, Goal("<=", 1 / 3)).met is False
+    assert figure("x", [math.nan], Goal("<", 1.0)).met is None
+
+
+def test_time_to_target_counts_only_trials_within_budget_and_censors_misses() -> None:
+    records = [(1.0, 0.4, 5, "COMPLETE"), (2.0, None, 1, "PRUNED"), (3.0, 0.6, 5, "COMPLETE"),
+               (11.0, 0.9, 5, "COMPLETE")]
+    hit = outcome(records, target=0.5, budget_s=10.0)
+    assert (hit.time_to_target, hit.reached, hit.best) == (3.0, True, 0.6)
+    assert (hit.trials, hit.pruned, hit.epochs) == (3, 1, 11)
+    miss = outcome(records, target=0.8, budget_s=10.0)
+    assert (miss.time_to_target, miss.reached) == (10.0, False)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert api_load.percentile(values, 50) == 50.0
+    assert api_load.percentile(values, 99) == 99.0
+    assert math.isnan(api_load.percentile([], 99))
+
+
+def test_markdown_table_names_the_machine_and_every_figure() -> None:
+    report = Report("demo", "Demo", figures=[figure("a / b", [1.0, 2.0, 3.0], Goal("<=", 1.1))])
+    info = {"cores": 2, "cpu": "cpu", "python": "3.11", "torch": "2", "optuna": "5",
+            "sqlalchemy": "2", "optuna-dashboard": "0.21", "hyperopt": "0.3",
+            "loadavg_at_start": [0.0]}
+    text = markdown([report, Report("off", "Off", skipped="not installed")], SMOKE, info,
+                    "x.json", 60.0)
+    assert "2 cores" in text and "torch 2" in text and "optuna 5" in text
+    assert "| a / b | 2 | 1 – 3 | 3 | <= 1.1 | **no** |" in text
+    assert "not installed" in text
+
+
+@pytest.mark.parametrize("loop", sorted(train_loop.LOOPS))
+def test_each_training_loop_trains_and_is_timed(loop: str) -> None:
+    torch.set_num_threads(1)
+    data = train_loop._dataset(SMOKE)
+    ms = train_loop.ms_per_epoch(train_loop.LOOPS[loop], data, batch_size=256, epochs=2, seed=0)
+    assert ms > 0
+
+
+def test_hyperopt_space_translation_covers_every_distribution() -> None:
+    pytest.importorskip("hyperopt")
+    from hyperopt import pyll
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    from benchmarks.hyperopt_compare import _hp, _typed
+
+    dists = {
+        "lr": FloatDistribution(1e-4, 0.3, log=True),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "width": IntDistribution(16, 256, log=True),
+        "depth": IntDistribution(1, 3),
+        "optimizer": CategoricalDistribution(["sgd", "adam"]),
+    }
+    for _ in range(20):
+        sample = pyll.stochastic.sample({k: _hp(k, d) for k, d in dists.items()})
+        for name, dist in dists.items():
+            assert dist._contains(dist.to_internal_repr(_typed(sample[name], dist)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_smoke_run_writes_results_for_every_benchmark(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1100,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (result,) = tmp_path.glob("*-smoke.json")
+    doc = json.loads(result.read_text())
+    names = {b["name"] for b in doc["benchmarks"]}
+    assert names >= {"train_loop", "time_to_target", "hyperopt", "service_overhead",
+                     "worker_scaling", "api_load"}
+    for bench in doc["benchmarks"]:
+        assert bench["error"] is None
+        assert bench["figures"] or bench["skipped"], bench["name"]
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["torch"]
+    table = (tmp_path / "latest-smoke.md").read_text()
+    assert "| ratio | median |" in table and "default / random: time to target" in table
