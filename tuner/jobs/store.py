@@ -59,6 +59,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuner import engine as optuna_engine
+from tuner.jobs import outbox
 from tuner.jobs.models import (
     ACTIVE_STATES,
     Job,
@@ -133,6 +134,7 @@ def _transition(s: Session, job: Job, action: str, reason: str | None = None) ->
     else:
         job.ended_at = now
     _event(s, job, "state", {"state": target.value, "previous": previous, "reason": reason})
+    outbox.enqueue(s, job, previous)  # the job's webhook notice commits with its outcome
 
 
 def _event(s: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
