@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 
 from tuner import engine as optuna_engine
 from tuner.data import DatasetError
-from tuner.jobs import Claim, JobStore, make_engine
+from tuner.jobs import Claim, JobStore
 from tuner.objective import Cancelled, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
@@ -78,8 +78,8 @@ class _Stopper:
 class Worker:
     """One worker process's loop; ``run`` returns the exit code.
 
-    ``engine`` (default: one on ``settings.database_url``) is for tests that need to
-    reach the worker's own connections.
+    ``engine`` (default: the engine of Optuna's storage, so one pool per process) is
+    for tests that need to reach the worker's own connections.
     """
 
     def __init__(
@@ -101,7 +101,9 @@ class Worker:
             heartbeat_interval=max(1, round(settings.heartbeat_interval_s)),
             grace_period=max(1, round(3 * settings.grace_period_s + settings.reaper_interval_s)),
         )
-        self.store = JobStore(engine or make_engine(settings.database_url), self.storage)
+        # One connection pool per process: the job store shares Optuna's engine, so a
+        # worker holds at most db_pool_size + db_max_overflow connections.
+        self.store = JobStore(engine or self.storage.engine, self.storage)
         self.device = optuna_engine.pick_device(settings.device)
         settings.artifact_root.mkdir(parents=True, exist_ok=True)
         self.artifacts = FileSystemArtifactStore(str(settings.artifact_root))
