@@ -26,6 +26,7 @@ from tuner.objective import get_objective
 from tuner.settings import Settings
 from tuner.space import resolve_space
 from tuner.spec import Branches, Choice, Range, SpecError, StudySpec
+from tuner.webhooks import check_webhook
 
 UPLOAD_PATH = "/v1/datasets"
 UPLOADS_DIR = "uploads"
@@ -132,6 +133,7 @@ def admit(spec: StudySpec, principal: Principal, settings: Settings, store: JobS
         )
     check_dataset(spec, principal, settings)
     check_searchable(spec)
+    check_webhook(spec.webhook_url, settings)
     check_active_jobs(settings, store, principal.owner)
 
 
