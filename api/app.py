@@ -22,6 +22,7 @@ from api import errors
 from api.dashboard import dashboard_app
 from api.limits import BodyLimit
 from api.routes import artifacts, catalog, events, health, jobs, keys, trials, uploads
+from api.schemas import GUARDED
 from api.security import Guard
 from tuner.engine import make_storage
 from tuner.jobs import JobStore, make_engine
@@ -64,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.artifacts = artifact_store
     errors.install(app)
-    for module in (jobs, trials, events, artifacts, uploads, catalog, keys, health):
-        app.include_router(module.router)
+    for module in (jobs, trials, events, artifacts, uploads, catalog, keys):
+        app.include_router(module.router, responses=GUARDED)
+    app.include_router(health.router)
     app.add_api_route(
         "/v1/{path:path}",
         _no_such_route,

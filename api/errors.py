@@ -95,16 +95,18 @@ UNREADABLE_BODY = {
     RecursionError: "the JSON body nests too deeply to read; a spec needs only a few levels",
     UnicodeDecodeError: "the body is not UTF-8 text; send JSON encoded as UTF-8",
 }
-"""What FastAPI's bare "error parsing the body" (400) was, said as advice."""
+"""What FastAPI's bare "error parsing the body" (400) was, said as advice (422, the
+status of every other body that is not valid JSON)."""
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    detail = str(exc.detail)
     if exc.status_code == 400 and exc.__cause__ is not None:
         cause = type(exc.__cause__)
-        detail = next((d for kind, d in UNREADABLE_BODY.items() if issubclass(cause, kind)), detail)
-    return _detail(exc.status_code, detail, exc.headers)
+        advice = next((d for kind, d in UNREADABLE_BODY.items() if issubclass(cause, kind)), None)
+        if advice:  # like any other body that is not valid JSON: 422
+            return _detail(422, advice)
+    return _detail(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

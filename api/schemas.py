@@ -85,6 +85,14 @@ INVALID: Responses = {
     422: {"model": ErrorOut, "description": "The request needs a change; detail says which."}
 }
 """Error answers per route, for the OpenAPI description."""
+GUARDED: Responses = {
+    401: {"model": ErrorOut, "description": "No valid API key (once any key exists)."},
+    403: {"model": ErrorOut, "description": "The key lacks the scope this needs."},
+    413: {"model": ErrorOut, "description": "The body is over TUNER_MAX_BODY_KB."},
+    **INVALID,
+    429: {"model": ErrorOut, "description": "Rate limit or active-jobs limit reached."},
+}
+"""What the guard and the limits may answer on any /v1 route."""
 
 
 class Budget(Out):

@@ -50,20 +50,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def credential(headers: Headers) -> str | None:
-    """The key a request carries: Bearer, X-API-Key or Basic's password."""
-    if key := headers.get("x-api-key"):
-        return key.strip()
+def credentials(headers: Headers) -> list[str]:
+    """The keys a request carries: Authorization (Bearer, or Basic's password), then
+    X-API-Key. The first one that is a live key counts."""
+    found = []
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
+    if scheme.lower() == "bearer" and value.strip():
+        found.append(value.strip())
+    elif scheme.lower() == "basic":
         try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
+            password = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
         except (binascii.Error, UnicodeDecodeError):
-            return None
-        return decoded.partition(":")[2]
-    return None
+            password = ""
+        if password:
+            found.append(password)
+    if key := headers.get("x-api-key", "").strip():
+        found.append(key)
+    return found
 
 
 class RateLimiter:
@@ -124,7 +127,7 @@ class Guard:
             )
             return
         if principal is None:
-            sent = credential(Headers(scope=scope)) is not None
+            sent = bool(credentials(Headers(scope=scope)))
             what = "this API key is not valid (revoked or mistyped)" if sent else "an API key"
             advice = (
                 "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
@@ -150,8 +153,10 @@ class Guard:
         """The caller, or None when a key is needed and none valid was sent."""
         if not self.keys.any_exist() and self._local_mode(scope):
             return LOCAL
-        key = credential(Headers(scope=scope))
-        return self.keys.verify(key) if key else None
+        for key in credentials(Headers(scope=scope))[:2]:
+            if principal := self.keys.verify(key):
+                return principal
+        return None
 
     def _local_mode(self, scope: Scope) -> bool:
         """Keyless access only where nobody else can connect (or when told --insecure)."""

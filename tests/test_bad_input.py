@@ -78,10 +78,10 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("257 choices", _space(width={"choices": list(range(1, 258))}), 422, "at most 256"),
     ("10^6 choices", _space(width={"choices": list(range(1, 10**6))}), 413,
      "TUNER_MAX_BODY_KB"),
-    ("10^5 nested lists", b"[" * 10**5 + b"]" * 10**5, 400, "nests too deeply"),
+    ("10^5 nested lists", b"[" * 10**5 + b"]" * 10**5, 422, "nests too deeply"),
     ("nested lists in a spec", b'{"name": "x", "dataset": {"name": "iris"}, "search_space": '
-     b'{"lr": ' + b"[" * 5000 + b"]" * 5000 + b"}}", 400, "nests too deeply"),
-    ("non-UTF-8 bytes", b'{"name": "\xff\xfe\xfa"}', 400, "not UTF-8"),
+     b'{"lr": ' + b"[" * 5000 + b"]" * 5000 + b"}}", 422, "nests too deeply"),
+    ("non-UTF-8 bytes", b'{"name": "\xff\xfe\xfa"}', 422, "not UTF-8"),
     ("../ path", _spec(dataset={"name": "csv", "path": "../../etc/passwd", "target": "y"}), 422,
      "without '..'"),
     ("absolute path", _spec(dataset={"name": "csv", "path": "/etc/passwd", "target": "y"}), 422,

@@ -45,6 +45,7 @@ TOO_MANY: Responses = {
     responses={
         200: {"model": JobOut, "description": "Replay: this Idempotency-Key made this job."},
         409: {"model": ErrorOut, "description": "Idempotency-Key reused with another spec."},
+        404: {"model": ErrorOut, "description": "warm_start_from names no job of yours."},
         **INVALID,
         **TOO_MANY,
     },
