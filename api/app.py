@@ -21,13 +21,14 @@ from starlette.routing import Match, Mount
 from api import errors
 from api.dashboard import dashboard_app
 from api.limits import BodyLimit
-from api.routes import artifacts, catalog, events, health, jobs, keys, trials, uploads
+from api.routes import artifacts, catalog, events, health, jobs, keys, metrics, trials, uploads
 from api.schemas import GUARDED
 from api.security import Guard
 from tuner.engine import make_storage
 from tuner.jobs import JobStore, make_engine
 from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
+from tuner.webhooks import Deliverer
 
 DESCRIPTION = """\
 Submit PyTorch hyperparameter tuning jobs, watch them live and take away the best
@@ -47,9 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     storage = make_storage(settings.database_url)
     artifact_store = FileSystemArtifactStore(settings.artifact_root)
 
+    deliverer = Deliverer(engine, settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        deliverer.start()  # webhook notices from the outbox (tuner.webhooks)
         yield
+        deliverer.stop()
         engine.dispose()
         storage.engine.dispose()
 
@@ -65,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.artifacts = artifact_store
     errors.install(app)
-    for module in (jobs, trials, events, artifacts, uploads, catalog, keys):
+    for module in (jobs, trials, events, artifacts, uploads, catalog, keys, metrics):
         app.include_router(module.router, responses=GUARDED)
     app.include_router(health.router)
     app.add_api_route(

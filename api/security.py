@@ -9,9 +9,12 @@ optuna-dashboard included, since that has write endpoints and no auth of its own
   needs no key. Once a key exists, every other request needs one.
 - A key goes as ``Authorization: Bearer <key>``, ``X-API-Key: <key>`` or, for a browser
   on the dashboard, HTTP Basic with the key as password (any user name).
-- ``/v1/...`` routes check scopes themselves (``api.deps``); every other path is the
-  dashboard, which shows every owner's studies and can change them, so it needs an
-  admin key.
+- ``/v1/...`` routes and ``/metrics`` check scopes themselves (``api.deps``); every
+  other path is the dashboard, which shows every owner's studies and can change them,
+  so it needs an admin key.
+- A write request (not GET/HEAD/OPTIONS) whose ``Origin`` is another site is refused:
+  browsers resend Basic credentials on their own, so another page could otherwise
+  post to the dashboard in an admin's name.
 - Each key (or client address, without one) has a token bucket of
   ``rate_limit_per_minute`` requests; an empty bucket answers 429 with Retry-After.
   Buckets live in the process: with several server processes each has its own.
@@ -36,6 +39,9 @@ from tuner.keys import LOCAL, KeyStore, Principal
 from tuner.settings import Settings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+KEYED_PATHS = frozenset({"/v1", "/metrics"})
+"""Outside ``/v1/`` but not the dashboard: keys and scopes as on the API (Prometheus
+scrapes ``/metrics`` with a read key as a Bearer token)."""
 BASIC_REALM = 'Basic realm="tuner", charset="UTF-8"'
 BEARER_REALM = 'Bearer realm="tuner"'
 
@@ -112,7 +118,7 @@ class Guard:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        api = scope["path"] == "/v1" or scope["path"].startswith("/v1/")
+        api = scope["path"] in KEYED_PATHS or scope["path"].startswith("/v1/")
         principal = await run_in_threadpool(self._authenticate, scope)
         client = scope.get("client")
         key_id = principal.key_id if principal else None
@@ -137,6 +143,13 @@ class Guard:
             detail = f"{what}; {advice}" if sent else f"this server needs {what}: {advice}"
             await refuse(
                 send, 401, detail, {"www-authenticate": BEARER_REALM if api else BASIC_REALM}
+            )
+            return
+        if _cross_site(scope):
+            await refuse(
+                send, 403,
+                "cross-site request refused: this origin may not change anything here; "
+                "call the API from a script or from the server's own pages",
             )
             return
         if not api and not principal.is_admin:
@@ -169,6 +182,22 @@ class Guard:
         except ValueError:
             bound = self.settings.host  # a name (an in-process test client): go by settings
         return is_loopback(self.settings.host) and is_loopback(bound)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _cross_site(scope: Scope) -> bool:
+    """A browser's write request from another site's page (CSRF): the browser would
+    add the Basic credentials by itself. Browsers send Origin on such requests;
+    scripts and the CLI send none."""
+    if scope["method"] in SAFE_METHODS:
+        return False
+    headers = Headers(scope=scope)
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin.partition("://")[2].rstrip("/") != headers.get("host", "")
 
 
 async def refuse(

@@ -85,7 +85,7 @@ def payload(s: Session, job: Job, previous: str | None) -> dict[str, Any]:
         .select_from(trials.join(studies, trials.c.study_id == studies.c.study_id))
         .where(studies.c.study_name == job.study_name)
         .group_by(trials.c.state)
-    ).tuples())
+    ).all())
     return {
         "event": f"job.{job.state}",
         "job": {
