@@ -19,6 +19,7 @@ from api.app import create_app
 from api.security import is_loopback
 from tuner.jobs import make_engine, migrate
 from tuner.keys import KeyStore
+from tuner.logs import configure_logging
 from tuner.settings import Settings, get_settings
 from tuner.worker import WorkerPool
 
@@ -59,6 +60,7 @@ def serve(settings: Settings) -> None:
     Raises :class:`UnsafeBind` (before starting anything) for a non-loopback host
     without API keys.
     """
+    configure_logging(settings)
     migrate(settings.database_url)
     check_bind(settings)
     pool = WorkerPool(settings, settings.workers) if settings.workers else None
@@ -71,6 +73,7 @@ def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level="info",
+            log_config=None,  # uvicorn's records go through configure_logging's handler
             timeout_graceful_shutdown=5,
         )
     finally:

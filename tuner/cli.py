@@ -378,9 +378,11 @@ def worker(
 ) -> None:
     """Run one standalone worker against the shared database (for more machines)."""
     from tuner.jobs import migrate
+    from tuner.logs import configure_logging
     from tuner.worker import run_worker
 
     settings = _settings(database_url=database_url, device=device)
+    configure_logging(settings)
     migrate(settings.database_url)
     raise typer.Exit(run_worker(settings, max_trials=max_trials))
 

@@ -64,12 +64,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure_logging`` installs (and replaces when called again)."""
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
-    """One handler on the root logger, replacing any earlier one; safe to call twice."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """One handler on the root logger for every record; safe to call again (it replaces
+    its own handler and leaves others, such as pytest's, alone)."""
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)

@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 from tuner import engine as optuna_engine
 from tuner.data import DatasetError
 from tuner.jobs import Claim, JobStore
+from tuner.logs import configure_logging
 from tuner.objective import Cancelled, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
@@ -347,7 +348,7 @@ def _force_exit(worker: Worker) -> None:
 
 def _pool_main(settings: Settings, worker_id: str, parent_pid: int) -> None:
     """Entry point of a pooled worker process; stops when its parent is gone."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings)
     stop = threading.Event()
 
     def watch_parent() -> None:
