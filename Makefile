@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks
 
 bench-smoke: $(STAMP)
