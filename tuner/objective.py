@@ -1,12 +1,38 @@
 """Model families (objectives) and the Optuna objective that trains one trial.
 
-An objective is a model family: a name, the default search space over the common
-dimensions, its own parameters (``params``: name -> type) and ``build(hp, data)``.
-Built-ins are registered as entry points in the ``tuner.objectives`` group, so a
-package can add its own family the same way:
+An objective is a model family that the service can tune. Built-ins (``mlp``, ``cnn``)
+and plugins are found the same way: entry points in the ``tuner.objectives`` group.
+Requests name a registered objective; they never carry code.
+
+Writing a plugin (see docs/plugins.md and examples/tuner-example-objective)
+------------------------------------------------------------------------------
+
+Subclass :class:`Objective` and register an instance (or the class) in your
+package's ``pyproject.toml``::
 
     [project.entry-points."tuner.objectives"]
-    resnet = "mypkg.tuning:RESNET"
+    resmlp = "tuner_example_objective:RESMLP"
+
+then ``pip install`` the package where the server and the workers run and restart them
+(the registry is read once per process). The protocol:
+
+- ``name`` (str): the entry point's name, what specs write in ``objective``.
+- ``description`` (str): one line for ``GET /v1/objectives``.
+- ``params`` (dict[str, type]): the family's own search dimensions and their types
+  (``int``, ``float``, ``bool`` or ``str``), e.g. ``{"blocks": int}``. Specs may search
+  or fix them in ``search_space`` beside the common dimensions (``spec.SCALARS``,
+  ``spec.NESTED``); their names must not be common ones. Integer ranges become
+  ``suggest_int``.
+- ``default_space(task) -> dict[str, Dimension]``: the space for every dimension a
+  spec leaves out; ``task`` is ``"classification"``, ``"regression"`` or None (not
+  known yet). Call ``super().default_space(task)`` to keep the common defaults
+  (learning rate, batch size, optimizer, loss, regularisation) and add or fix your own.
+- ``build(hp, data) -> torch.nn.Module``: the model for one trial. ``hp`` holds the
+  resolved hyperparameters (plain values; ``hp["blocks"]``, ``hp["width"]``, ...);
+  ``data`` is a :class:`tuner.data.Dataset` (``n_features``, ``n_classes``, ``task``,
+  ``image_shape``). The model maps ``[batch, n_features]`` float inputs to
+  ``[batch, n_outputs(data)]``: class logits, or one value for regression. Training,
+  losses, optimizers, pruning, metrics and weights are the service's.
 
 >>> get_objective("mlp").name
 'mlp'
@@ -14,6 +40,7 @@ package can add its own family the same way:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from functools import cache
@@ -33,6 +60,8 @@ from tuner.spec import (
     DEFAULT_METRIC,
     GLOBAL_METRICS,
     LOSSES,
+    NESTED,
+    SCALARS,
     Branches,
     Choice,
     Dimension,
@@ -53,8 +82,17 @@ __all__ = [
     "get_objective",
     "list_objectives",
     "load_data",
+    "n_outputs",
     "resolved_metrics",
 ]
+
+
+log = logging.getLogger(__name__)
+
+GROUP = "tuner.objectives"
+"""The entry point group objectives are registered in."""
+PARAM_TYPES = (int, float, bool, str)
+"""Types an objective's own parameters may have."""
 
 
 class Cancelled(Exception):
@@ -62,7 +100,10 @@ class Cancelled(Exception):
 
 
 class Objective:
-    """A model family: its default search space and how to build a model from hp."""
+    """A model family: its default search space and how to build a model from hp.
+
+    Subclass it for a plugin (the protocol is in this module's docstring).
+    """
 
     name: str = ""
     description: str = ""
@@ -120,7 +161,8 @@ def _default_losses(task: Task) -> list[str]:
     return [name for name in LOSSES if name not in CLASSIFICATION_LOSSES][:3]
 
 
-def _n_outputs(data: datasets.Dataset) -> int:
+def n_outputs(data: datasets.Dataset) -> int:
+    """Width of a model's output for ``data``: one logit per class, or one value."""
     return data.n_classes if data.task == "classification" else 1
 
 
@@ -130,7 +172,7 @@ class _MLP(Objective):
 
     def build(self, hp: dict[str, Any], data: datasets.Dataset) -> nn.Module:
         return models.build_mlp(
-            data.n_features, _n_outputs(data), depth=hp["depth"], width=hp["width"],
+            data.n_features, n_outputs(data), depth=hp["depth"], width=hp["width"],
             dropout=hp["dropout"], batch_norm=hp["batch_norm"],
         )
 
@@ -151,7 +193,7 @@ class _CNN(Objective):
 
     def build(self, hp: dict[str, Any], data: datasets.Dataset) -> nn.Module:
         return models.build_cnn(
-            data.image_shape, data.n_features, _n_outputs(data), depth=hp["depth"],
+            data.image_shape, data.n_features, n_outputs(data), depth=hp["depth"],
             width=hp["width"], dropout=hp["dropout"], batch_norm=hp["batch_norm"],
         )
 
@@ -163,17 +205,48 @@ CNN = _CNN()
 @cache
 def get_objective(name: str) -> Objective:
     """The objective registered under ``name`` in the ``tuner.objectives`` group."""
-    found = entry_points(group="tuner.objectives", name=name)
+    found = entry_points(group=GROUP, name=name)
     if not found:
-        known = sorted(ep.name for ep in entry_points(group="tuner.objectives"))
+        known = sorted(ep.name for ep in entry_points(group=GROUP))
         raise SpecError(f"unknown objective {name!r}; registered: {', '.join(known)}")
-    return next(iter(found)).load()
+    point = next(iter(found))
+    try:
+        loaded = point.load()
+    except Exception as exc:
+        raise SpecError(
+            f"objective {name!r} is registered ({point.value}) but does not load: "
+            f"{type(exc).__name__}: {exc}; fix or reinstall the package that provides it"
+        ) from None
+    return _checked(name, point.value, loaded)
+
+
+def _checked(name: str, where: str, loaded: Any) -> Objective:
+    """The plugin's objective, or a SpecError telling its author what to fix."""
+    if isinstance(loaded, type) and issubclass(loaded, Objective):
+        loaded = loaded()
+    problem = None
+    if not isinstance(loaded, Objective):
+        problem = f"it is a {type(loaded).__name__}, not a tuner.objective.Objective"
+    elif loaded.name != name:
+        problem = f"its name is {loaded.name!r}; make it match the entry point name"
+    elif clash := sorted(set(loaded.params) & (set(SCALARS) | set(NESTED))):
+        problem = f"its params {', '.join(clash)} are common dimensions; rename them"
+    elif bad := sorted(k for k, t in loaded.params.items() if t not in PARAM_TYPES):
+        problem = f"params {', '.join(bad)} must have type int, float, bool or str"
+    if problem:
+        raise SpecError(f"objective {name!r} ({where}) is not usable: {problem}")
+    return loaded
 
 
 def list_objectives() -> list[dict[str, Any]]:
-    """Every registered objective, described as JSON."""
-    names = sorted({ep.name for ep in entry_points(group="tuner.objectives")})
-    return [get_objective(name).describe() for name in names]
+    """Every registered objective, described as JSON; broken plugins are logged, skipped."""
+    described = []
+    for name in sorted({ep.name for ep in entry_points(group=GROUP)}):
+        try:
+            described.append(get_objective(name).describe())
+        except SpecError as exc:
+            log.error("%s", exc)
+    return described
 
 
 # --- metrics -------------------------------------------------------------------------
