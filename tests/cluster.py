@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import Counter
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def assert_exact_budget(store: JobStore, job_id: str) -> Job:
     """Succeeded with exactly its budget counted; nothing RUNNING or WAITING is left."""
     job = store.get(job_id)
     assert (job.state, job.started, job.finished) == ("succeeded", job.n_trials, job.n_trials)
-    states = [t.state.name for t in trials(store, job_id)]
-    assert "RUNNING" not in states and "WAITING" not in states, states
-    assert states.count("COMPLETE") + states.count("PRUNED") == job.n_trials, states
+    found = trials(store, job_id)
+    states = [t.state.name for t in found]
+    why = Counter((t.state.name, t.user_attrs.get("fail_reason")) for t in found)
+    assert "RUNNING" not in states and "WAITING" not in states, why
+    assert states.count("COMPLETE") + states.count("PRUNED") == job.n_trials, why
     return job

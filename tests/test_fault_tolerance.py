@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +32,10 @@ from cluster import (
 from optuna.trial import TrialState
 from sqlalchemy import select
 
-from tuner.jobs import JobStore, WorkerRow, make_engine
-
-pytestmark = pytest.mark.slow
+from tuner.jobs import JobStore, WorkerRow, make_engine, migrate
+from tuner.settings import Settings
+from tuner.spec import StudySpec
+from tuner.worker import Worker
 
 GRACE_S = float(LEASES["TUNER_GRACE_PERIOD_S"])
 REAPER_S = float(LEASES["TUNER_REAPER_INTERVAL_S"])
@@ -80,6 +81,7 @@ def job_ids(http: httpx.Client) -> list[str]:
     return sorted(job["id"] for job in http.get("/v1/jobs").json()["items"])
 
 
+@pytest.mark.slow
 def test_kill_9_of_every_process_then_restart_loses_nothing(
     cluster: Cluster, store: JobStore
 ) -> None:
@@ -141,6 +143,7 @@ def test_kill_9_of_every_process_then_restart_loses_nothing(
     assert "database is locked" not in cluster.logs()
 
 
+@pytest.mark.slow
 def test_a_frozen_worker_that_comes_back_after_its_retry_changes_nothing(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -187,6 +190,7 @@ def test_a_frozen_worker_that_comes_back_after_its_retry_changes_nothing(
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_chaos_demo_ends_with_the_exact_budget(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--workers", "2", "--trials", "5", "--epochs", "60",
@@ -200,3 +204,28 @@ def test_chaos_demo_ends_with_the_exact_budget(tmp_path: Path) -> None:
     story = "\n".join(lines)
     assert "kill -9 worker-" in story and "lost (no heartbeat for" in story
     assert "crash: kill -9 the API and every worker" in story
+
+
+def test_a_late_refusal_for_a_finished_slot_does_not_stop_the_next_trial(
+    sqlite_url: str, tmp_path: Path, make_spec: Callable[..., StudySpec]
+) -> None:
+    """The heartbeat thread may read the running slot, lose the CPU while the trial ends
+    and the next one is claimed, then have its beat for the finished slot refused. Seen
+    under load (8 workers on 2 cores): that refusal stopped the *next* trial as if it
+    had been reaped. Only a refusal for the slot running now may fence."""
+    migrate(sqlite_url)
+    worker = Worker(Settings(database_url=sqlite_url, artifact_root=tmp_path / "artifacts"))
+    store = worker.store
+    store.create(make_spec(budget={"n_trials": 2, "max_epochs": 1}, parallelism=1))
+    first = store.claim(worker.id)
+    assert first is not None and store.finish(first.slot_id, TrialState.COMPLETE, [0.5])
+    second = store.claim(worker.id)
+    assert second is not None
+    with worker._lock:  # what _run_claim records for the trial it runs now
+        worker._current = (second.slot_id, None)
+    worker._renew_lease(first.slot_id, None)  # the beat that read the first slot
+    assert not worker.fenced.is_set()
+    assert store.release(second.slot_id, "taken over")  # now the running slot is fenced
+    worker._renew_lease(second.slot_id, None)
+    assert worker.fenced.is_set()
+    worker.storage.engine.dispose()

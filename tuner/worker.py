@@ -159,9 +159,9 @@ class Worker:
 
     def _run_claim(self, claim: Claim) -> None:
         """Run the claimed slot's trial and settle the slot, whatever happens."""
-        self.fenced.clear()
         with self._lock:  # the lease is renewed from the claim on, not just once it runs
             self._current = (claim.slot_id, None)
+            self.fenced.clear()
         try:
             spec, study = self._study(claim)
         except KeyError:  # the study is gone: the job was deleted
@@ -280,11 +280,7 @@ class Worker:
                 current = self._current
             try:
                 if current is not None:
-                    slot_id, trial_id = current
-                    if not self.store.heartbeat(slot_id, self.id):
-                        self.fenced.set()
-                    elif trial_id is not None:
-                        self.storage.record_heartbeat(trial_id)
+                    self._renew_lease(*current)
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.settings.reaper_interval_s
                     self.store.worker_heartbeat(self.id)
@@ -296,6 +292,18 @@ class Worker:
                 ok = False
                 log.warning("heartbeat failed, retrying: %s", exc)
             self._done.wait(interval if ok else min(interval, 0.25))
+
+    def _renew_lease(self, slot_id: int, trial_id: int | None) -> None:
+        """Renew the slot's lease (and Optuna's heartbeat). A refusal fences the trial
+        only while that slot is still the one running here: the beat may have read a
+        slot that has since finished, and must not stop the next trial."""
+        if self.store.heartbeat(slot_id, self.id):
+            if trial_id is not None:
+                self.storage.record_heartbeat(trial_id)
+            return
+        with self._lock:
+            if self._current is not None and self._current[0] == slot_id:
+                self.fenced.set()
 
     def release_current(self, reason: str) -> None:
         """Give back the running slot now (used when shutdown runs out of time)."""
