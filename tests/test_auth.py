@@ -9,11 +9,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from secure_app import Service, make_service, tiny_spec
 from sqlalchemy import MetaData
 from typer.testing import CliRunner
 
 from api.server import UnsafeBind, check_bind
-from secure_app import Service, make_service, tiny_spec
 from tuner.cli_keys import keys_app
 from tuner.jobs import make_engine
 from tuner.jobs.db import VERSION_TABLE, alembic_config
@@ -160,7 +160,14 @@ def test_dashboard_needs_an_admin_key_a_browser_can_send(service: Service) -> No
     body = {"study_name": "sneaky", "directions": ["minimize"]}
     assert client.post("/api/studies", json=body).status_code == 401
     assert client.post("/api/studies", json=body, headers=_basic(read_key)).status_code == 403
+    evil = {**_basic(admin_key), "Origin": "http://evil.example"}
+    refused = client.post("/api/studies", json=body, headers=evil)
+    assert refused.status_code == 403 and "cross-site" in refused.json()["detail"]
+    assert client.delete("/v1/jobs/j_1", headers=evil).status_code == 403
     assert service.counts() == before
+    same_site = {**_basic(admin_key), "Origin": "http://testserver"}
+    assert client.get("/api/studies", headers=evil).status_code == 200  # reading is fine
+    assert client.post("/api/studies", json=body, headers=same_site).status_code == 201
 
 
 def test_a_server_reachable_from_outside_never_runs_keyless(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from secure_app import Service, make_service
 
-MAX_EXAMPLES = 40
-"""Per operation: ~25 operations, a couple of minutes on two shared cores."""
+MAX_EXAMPLES = 25
+"""Per operation and mode: ~20 operations, about a minute on two shared cores."""
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def test_every_operation_holds_under_generated_input(
             max_examples=MAX_EXAMPLES,
             deadline=None,
             database=None,
+            derandomize=True,  # the same examples on every CI run; raise MAX_EXAMPLES to dig
             suppress_health_check=list(HealthCheck),
             phases=[Phase.explicit, Phase.generate],
         )
