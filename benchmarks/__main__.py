@@ -1,13 +1,15 @@
 """``python -m benchmarks [--smoke] [--only NAME ...]``: run, print and save the results.
 
-Writes ``benchmarks/results/<utc time>-<size>.json`` and ``benchmarks/results/latest.md``
-(``latest-smoke.md`` for ``--smoke``, so a CI run never replaces the real table).
+Writes ``benchmarks/results/<utc time>-full.json`` and ``benchmarks/results/latest.md``;
+``--smoke`` writes under ``benchmarks/results/smoke/`` (``latest-smoke.md``), so a CI
+run never replaces the real table.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -40,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="toy size: proves the harness")
     parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    results = Path(__file__).parent / "results"
+    out = args.out or (results / "smoke" if args.smoke else results)
+    # SIGTERM (a CI timeout, Ctrl-C from a supervisor) unwinds normally, so the servers
+    # this run started are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     size = SMOKE if args.smoke else FULL
     chosen = args.only or NAMES
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             warm(running, size.smoke)
             for name in service:
                 reports += _guarded(name, lambda name=name: SERVICE[name](size, running))
-    json_path, md_path = save(reports, size, args.out, time.perf_counter() - started)
+    json_path, md_path = save(reports, size, out, time.perf_counter() - started)
     _say(md_path.read_text())
     _say(f"results: {json_path} and {md_path}")
     return 1 if any(r.error for r in reports) else 0

@@ -26,6 +26,10 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
+Record = tuple[float, float | None, int, str]
+"""One trial of a time-to-target arm: seconds from the start to its end, its value
+(None unless complete), epochs it trained, and its state."""
+
 
 @dataclass(frozen=True)
 class Size:

@@ -27,12 +27,11 @@ from optuna.distributions import (
 )
 from optuna.trial import FixedTrial
 
+from benchmarks.common import Record
 from tuner.objective import Cancelled, fit, get_objective, load_data
 from tuner.space import distributions, resolve_space, suggest
 from tuner.spec import parse_spec
 from tuner.train import Diverged
-
-Record = tuple[float, float | None, int, str]
 
 
 def missing() -> str | None:
@@ -43,14 +42,12 @@ def missing() -> str | None:
 
 
 def import_seconds(module: str) -> float:
-    """Seconds a fresh interpreter takes to import ``module`` (median of three)."""
+    """Seconds a fresh interpreter takes to import ``module`` (once: a start-up cost)."""
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    runs = [
-        float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                             text=True, timeout=120).stdout)
-        for _ in range(3)
-    ]
-    return sorted(runs)[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    return float(done.stdout)
 
 
 def _hp(name: str, dist: BaseDistribution) -> Any:
