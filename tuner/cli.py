@@ -35,6 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 from tuner import remote
+from tuner.cli_keys import keys_app
 from tuner.settings import Settings, get_settings
 from tuner.spec import SpecError, load_spec
 
@@ -353,6 +354,7 @@ def serve(
     ] = False,
 ) -> None:
     """Start the job API, its workers and optuna-dashboard on one port."""
+    from api.server import UnsafeBind
     from api.server import serve as serve_api
 
     settings = _settings(
@@ -363,7 +365,11 @@ def serve(
         f"tuner: API http://{settings.host}:{settings.port}/v1/  docs /docs  dashboard /  "
         f"workers {settings.workers}  database {settings.database_url}"
     )
-    serve_api(settings)
+    try:
+        serve_api(settings)
+    except UnsafeBind as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USER_ERROR) from None
 
 
 @app.command()
@@ -388,3 +394,4 @@ def worker(
 
 
 remote.register(app)
+app.add_typer(keys_app, name="keys")
