@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import optuna
 import pytest
 from cluster import (
     LEASES,
@@ -229,3 +230,32 @@ def test_a_late_refusal_for_a_finished_slot_does_not_stop_the_next_trial(
     worker._renew_lease(second.slot_id, None)
     assert worker.fenced.is_set()
     worker.storage.engine.dispose()
+
+
+def test_a_trial_whose_worker_died_before_attaching_it_is_failed_and_retried(
+    db_url: str, make_spec: Callable[..., StudySpec]
+) -> None:
+    """Optuna's ask starts a trial (here: pops an enqueued configuration) before the
+    worker can attach it to its slot; a kill in between left it RUNNING for good and
+    lost the configuration. The reaper of that slot now fails and retries it."""
+    migrate(db_url)
+    engine = make_engine(db_url)
+    store = JobStore(engine)
+    try:
+        job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 1}))
+        store.enqueue(job.id, [{"lr": 0.02, "width": 8}])
+        assert store.claim("dead-worker") is not None
+        study = optuna.load_study(study_name=job.study_name, storage=store.storage)
+        orphan = study.ask()  # ... and the worker is killed before attach_trial
+        assert store.reap(grace_period_s=0, max_retries=1) == 1
+        failed = store.storage.get_trial(orphan._trial_id)
+        assert failed.state == TrialState.FAIL
+        assert failed.user_attrs["fail_reason"].startswith("worker dead-worker lost")
+        (retry,) = study.get_trials(states=(TrialState.WAITING,))
+        assert retry.system_attrs["fixed_params"] == {"lr": 0.02, "width": 8}
+        assert retry.user_attrs == {"retry_of": orphan.number, "attempt": 2}
+        job = store.get(job.id)
+        assert (job.state, job.started, job.finished) == ("running", 0, 0)
+    finally:
+        store.storage.engine.dispose()
+        engine.dispose()

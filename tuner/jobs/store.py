@@ -634,7 +634,9 @@ class JobStore:
         self._settle(slot)
         return True
 
-    def _settle(self, slot: TrialSlot, max_retries: int | None = None) -> None:
+    def _settle(
+        self, slot: TrialSlot, max_retries: int | None = None, grace_period_s: float = 0.0
+    ) -> None:
         """Finish a fenced slot (``releasing`` or ``reaping``): Optuna first, then counts.
 
         The slot keeps its place in ``started`` while its parameters are enqueued, so no
@@ -646,6 +648,8 @@ class JobStore:
         if trial is not None and not told:
             self._fail_trial(trial, slot.reason or "interrupted")
         lost = slot.state == SlotState.reaping
+        if lost and trial is None and max_retries is not None:
+            self._fail_orphans(slot, max_retries, grace_period_s / 2)
         if not lost:
             outcome, counts = SlotState.released, False
         elif told:  # its worker told Optuna, then died before counting
@@ -680,6 +684,47 @@ class JobStore:
                     "reason": slot.reason, "retried": retried,
                 })
             _maybe_end(s, job)
+
+    def _fail_orphans(self, slot: TrialSlot, max_retries: int, older_than_s: float) -> None:
+        """Fail the job's RUNNING trials that no slot ever attached; retry their params.
+
+        A worker killed between Optuna's ask (which starts a trial, or pops an enqueued
+        retry) and ``attach_trial`` leaves such a trial behind, and its slot is reaped
+        without knowing it. A live worker attaches moments after asking, so a trial
+        unattached for ``older_than_s`` is an orphan.
+        """
+        study_name = self._active_study(slot.job_id)
+        if study_name is None:
+            return
+        try:
+            study_id = self.storage.get_study_id_from_name(study_name)
+        except KeyError:
+            return
+        cutoff = datetime.now() - timedelta(seconds=older_than_s)  # Optuna's naive local clock
+        running = self.storage.get_all_trials(study_id, states=(TrialState.RUNNING,))
+        old = {t._trial_id: t for t in running if t.datetime_start and t.datetime_start < cutoff}
+        if not old:
+            return
+        with self._tx() as s:
+            attached = set(s.scalars(select(TrialSlot.trial_id).where(
+                TrialSlot.job_id == slot.job_id, TrialSlot.trial_id.in_(list(old))
+            )))
+        for trial_id in old.keys() - attached:
+            trial = old[trial_id]
+            try:  # only one reaper gets past this for a trial: the others see it finished
+                self.storage.set_trial_user_attr(
+                    trial_id, "fail_reason", f"{slot.reason} before attaching this trial"
+                )
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except (UpdateFinishedTrialError, KeyError):
+                continue
+            params = trial.system_attrs.get("fixed_params") or trial.params
+            attempt = int(trial.user_attrs.get("attempt", 1))
+            if params and attempt <= max_retries:
+                study = optuna.load_study(study_name=study_name, storage=self.storage)
+                study.enqueue_trial(
+                    params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1}
+                )
 
     def _trial(self, trial_id: int | None) -> FrozenTrial | None:
         if trial_id is None:
@@ -732,7 +777,7 @@ class JobStore:
                     continue
                 slot = fenced  # as fenced: it may have attached its trial meanwhile
                 reaped += 1
-            self._settle(slot, max_retries)
+            self._settle(slot, max_retries, grace_period_s)
         self._expire_jobs()
         return reaped
 
