@@ -21,7 +21,18 @@ from starlette.routing import Match, Mount
 from api import errors
 from api.dashboard import dashboard_app
 from api.limits import BodyLimit
-from api.routes import artifacts, catalog, events, health, jobs, keys, metrics, trials, uploads
+from api.routes import (
+    artifacts,
+    catalog,
+    events,
+    health,
+    jobs,
+    keys,
+    metrics,
+    reports,
+    trials,
+    uploads,
+)
 from api.schemas import GUARDED
 from api.security import Guard
 from tuner.engine import make_storage
@@ -70,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.artifacts = artifact_store
     errors.install(app)
-    for module in (jobs, trials, events, artifacts, uploads, catalog, keys, metrics):
+    for module in (jobs, trials, events, artifacts, reports, uploads, catalog, keys, metrics):
         app.include_router(module.router, responses=GUARDED)
     app.include_router(health.router)
     app.add_api_route(

@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from safetensors import safe_open
 
 from api.app import create_app
 from tuner.jobs import migrate
@@ -355,37 +355,35 @@ def test_best_config_and_model_are_409_before_a_trial_completes(client: TestClie
     assert client.get(f"/v1/jobs/{job['id']}/best-config?format=xml").status_code == 422
 
 
-def test_best_model_serves_the_weights_saved_with_the_best_trial(
-    client: TestClient, settings: Settings, tmp_path: Path
+def test_best_model_serves_the_weights_the_worker_kept(
+    shared: TestClient, done: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Weights are uploaded to Optuna's artifact store while their trial runs, as a
-    worker does; the route serves the best trial's and says when they are missing."""
-    job = client.post("/v1/jobs", json=spec()).json()
-    url = f"/v1/jobs/{job['id']}/best-model"
-    storage = client.app.state.storage  # type: ignore[attr-defined]
-    study = optuna.load_study(study_name=job["study_name"], storage=storage)
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"safetensors bytes")
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    trial = study.ask()
-    upload_artifact(
-        artifact_store=FileSystemArtifactStore(settings.artifact_root),
-        file_path=str(weights),
-        study_or_trial=trial,
-    )
-    study.tell(trial, 0.9)
-    study.tell(study.ask(), 0.5)
-
-    response = client.get(url)
+    response = shared.get(f"/v1/jobs/{done['id']}/best-model")
     assert response.status_code == 200
-    assert response.content == b"safetensors bytes"
+    best = done["best"]["trial_number"]
     assert response.headers["content-disposition"] == (
-        'attachment; filename="tiny-trial0.safetensors"'
+        f'attachment; filename="done-trial{best}.safetensors"'
     )
-    study.tell(study.ask(), 0.95)
-    missing = client.get(url)
-    assert missing.status_code == 409
-    assert "best trial (2) are not saved yet" in missing.json()["detail"]
+    path = tmp_path / "best.safetensors"
+    path.write_bytes(response.content)
+    with safe_open(str(path), framework="pt") as weights:
+        hp = json.loads(weights.metadata()["hp"])
+        assert weights.keys()
+    trial = shared.get(f"/v1/jobs/{done['id']}/trials/{best}").json()
+    assert hp["lr"] == trial["params"]["lr"]
+
+
+def test_report_is_a_page_with_plots_and_a_png_history(
+    shared: TestClient, done: dict[str, Any]
+) -> None:
+    page = shared.get(f"/v1/jobs/{done['id']}/report")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Diagnosis" in page.text and "Plotly.newPlot" in page.text
+    png = shared.get(f"/v1/jobs/{done['id']}/report.png")
+    assert png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG")
+    assert shared.get("/v1/jobs/j_000000000000/report").status_code == 404
 
 
 # --- changing jobs ----------------------------------------------------------------------
