@@ -1,11 +1,11 @@
 """Logging for the long-running processes (``tuner serve``, ``tuner worker``).
 
-``configure_logging(settings)`` sends every logger (uvicorn's and Optuna's too) to one
-stderr handler: readable lines by default, or with ``TUNER_LOG_JSON=true`` one JSON
-object per line for log collectors, with ``time`` (UTC, ISO 8601), ``level``,
-``logger`` and ``message``, the context fields a call passes with ``extra``
-(:data:`CONTEXT_FIELDS`: ``job_id``, ``trial``, ``worker``, ``delivery``) and
-``exception`` when there is a traceback.
+``configure_logging(settings)`` sends every logger (uvicorn's and Optuna's too) and
+Python warnings to one stderr handler: readable lines by default, or with
+``TUNER_LOG_JSON=true`` one JSON object per line for log collectors, with ``time``
+(UTC, ISO 8601), ``level``, ``logger`` and ``message``, the context fields a call
+passes with ``extra`` (:data:`CONTEXT_FIELDS`: ``job_id``, ``trial``, ``worker``,
+``delivery``) and ``exception`` when there is a traceback.
 
 >>> log = logging.getLogger("tuner.worker")
 >>> log.warning("trial failed", extra={"job_id": "j_1", "trial": 3})  # doctest: +SKIP
@@ -78,6 +78,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # Python warnings become records of logger py.warnings
     # Optuna and uvicorn log through their own handlers unless told to propagate.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
