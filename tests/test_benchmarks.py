@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-# benchmarks/ is run from the repository root (`python -m benchmarks`), not installed.
-sys.path.insert(0, str(ROOT))
+from benchmarks import api_load, train_loop
+from benchmarks.common import SMOKE, Goal, Report, figure, interleave, ratios, stats
+from benchmarks.report import markdown
+from benchmarks.time_to_target import outcome
 
-from benchmarks import api_load, train_loop  # noqa: E402
-from benchmarks.common import SMOKE, Goal, Report, figure, interleave, ratios, stats  # noqa: E402
-from benchmarks.report import markdown  # noqa: E402
-from benchmarks.time_to_target import outcome  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_interleave_runs_every_arm_per_seed_reversing_the_order() -> None:
