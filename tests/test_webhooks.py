@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import optuna
 import pytest
 from live_server import start_server
 from prometheus_client.parser import text_string_to_metric_families
@@ -334,3 +335,29 @@ def test_tuner_serve_delivers_from_its_own_process(
     delivered = [r for r in records if r["logger"] == "tuner.webhooks"]
     assert delivered and delivered[0]["job_id"] == created.json()["id"]
     assert {"tuner.worker", "uvicorn.access"} <= {r["logger"] for r in records}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+def test_the_notice_is_written_with_the_state_change_on_sqlite_and_postgres(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = hook_settings(tmp_path, database_url=db_url)
+    store, job_id = queued_store(settings, "https://hooks.example.com/tuner")
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=store.storage)
+    study.tell(study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1)}), 0.9)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.ask()  # still running when the job is cancelled
+    store.cancel(job_id)
+    (row,) = deliveries(settings)
+    assert (row.job_id, row.event, row.state, row.attempts) == (
+        job_id, "job.cancelled", "pending", 0
+    )
+    assert row.url == "https://hooks.example.com/tuner"
+    counts = row.payload["trials"]
+    assert (counts["complete"], counts["fail"], counts["running"], counts["pruned"]) == (1, 1, 1, 0)
+    store.engine.dispose()
+    store.storage.engine.dispose()

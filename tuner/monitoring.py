@@ -32,6 +32,7 @@ log = logging.getLogger("tuner.monitoring")
 
 DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Upper bounds (seconds) of the trial duration histogram; +Inf is added."""
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 MAX_WORKER_SERIES = 200
 """Per-worker heartbeat series: the most recently seen workers, at most this many."""
 WORKER_HISTORY = timedelta(hours=24)
@@ -96,15 +97,13 @@ class TunerCollector(Collector):
         ]
         query = (
             select(trials.c.state, func.count(), func.sum(seconds), *columns)
-            .where(
-                trials.c.datetime_start.is_not(None),
-                trials.c.datetime_complete.is_not(None),
-                trials.c.state.in_(("COMPLETE", "PRUNED", "FAIL")),
+            .where(  # only finished trials have a completion time
+                trials.c.datetime_start.is_not(None), trials.c.datetime_complete.is_not(None)
             )
             .group_by(trials.c.state)
         )
         rows = {row[0]: row[1:] for row in conn.execute(query)}
-        for state in ("COMPLETE", "PRUNED", "FAIL"):
+        for state in FINISHED_STATES:
             total, total_s, *below = rows.get(state, (0, 0.0, *[0] * len(DURATION_BUCKETS)))
             buckets = [(str(b), int(n or 0)) for b, n in zip(DURATION_BUCKETS, below, strict=True)]
             family.add_metric(
@@ -156,7 +155,8 @@ class TunerCollector(Collector):
 def _seconds_between(
     conn: Connection, start: ColumnElement[object], end: ColumnElement[object]
 ) -> ColumnElement[float]:
-    """``end - start`` in seconds, in the database's own date arithmetic."""
+    """``end - start`` in seconds, in the database's own date arithmetic (SQLite's
+    date functions keep milliseconds)."""
     if conn.dialect.name == "sqlite":
         return (func.julianday(end) - func.julianday(start)) * 86400.0
     return extract("epoch", end - start)
