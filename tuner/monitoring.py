@@ -19,12 +19,11 @@ from datetime import timedelta
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, Engine, case, extract, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql import ColumnElement
 
 from tuner.jobs.models import Job, JobState, WorkerRow, utcnow
-from tuner.jobs.optuna_tables import TRIAL_STATES, trials
+from tuner.jobs.optuna_tables import TRIAL_STATES, seconds_between, trials
 from tuner.jobs.outbox import DeliveryState, WebhookDelivery
 from tuner.settings import Settings
 
@@ -89,7 +88,7 @@ class TunerCollector(Collector):
             "Wall time of finished trials (start to complete), by final state.",
             labels=["state"],
         )
-        seconds = _seconds_between(
+        seconds = seconds_between(
             conn, trials.c.datetime_start, trials.c.datetime_complete
         )
         columns = [
@@ -150,13 +149,3 @@ class TunerCollector(Collector):
         for state in DeliveryState:
             family.add_metric([state.value], counts.get(state.value, 0))
         return family
-
-
-def _seconds_between(
-    conn: Connection, start: ColumnElement[object], end: ColumnElement[object]
-) -> ColumnElement[float]:
-    """``end - start`` in seconds, in the database's own date arithmetic (SQLite's
-    date functions keep milliseconds)."""
-    if conn.dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return extract("epoch", end - start)
