@@ -3,10 +3,11 @@
 A worker imports torch and loads each dataset once, then loops: ``JobStore.claim``
 (fair across jobs, exact budget), run one trial with
 ``study.optimize(objective, n_trials=1)``, ``JobStore.finish`` (or ``release`` when
-interrupted). A background thread renews the slot's lease (and Optuna's heartbeat),
-retrying through transient database errors, and runs the reaper every
-``reaper_interval_s``. SIGTERM or SIGINT: take no new work, stop the running trial
-after its current epoch (its slot is released and its parameters retried), exit 0.
+interrupted). A background thread renews the slot's lease, retrying through
+transient database errors, and runs the reaper every ``reaper_interval_s``: the
+reaper alone fails lost trials (Optuna's own heartbeat check is off, see ``Worker``).
+SIGTERM or SIGINT: take no new work, stop the running trial after its current epoch
+(its slot is released and its parameters retried), exit 0.
 
 >>> run_worker(Settings(database_url="sqlite:///studies/tuner.db"))  # doctest: +SKIP
 0
@@ -95,13 +96,10 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.stop = stop or threading.Event()
         self.fenced = threading.Event()
-        # Optuna's heartbeat is a backstop for tools outside tuner: its grace is far
-        # longer than ours, so our reaper (which retries) acts first.
-        self.storage = optuna_engine.make_storage(
-            settings.database_url,
-            heartbeat_interval=max(1, round(settings.heartbeat_interval_s)),
-            grace_period=max(1, round(3 * settings.grace_period_s + settings.reaper_interval_s)),
-        )
+        # No Optuna heartbeat: its stale-trial check (run as each trial starts) would race
+        # our reaper after a crash and fail lost trials without retrying them or
+        # releasing their slots, so a crash would use up the budget.
+        self.storage = optuna_engine.make_storage(settings.database_url)
         # One connection pool per process: the job store shares Optuna's engine, so a
         # worker holds at most db_pool_size + db_max_overflow connections.
         self.store = JobStore(engine or self.storage.engine, self.storage)
@@ -280,7 +278,7 @@ class Worker:
                 current = self._current
             try:
                 if current is not None:
-                    self._renew_lease(*current)
+                    self._renew_lease(current[0])
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.settings.reaper_interval_s
                     self.store.worker_heartbeat(self.id)
@@ -293,13 +291,11 @@ class Worker:
                 log.warning("heartbeat failed, retrying: %s", exc)
             self._done.wait(interval if ok else min(interval, 0.25))
 
-    def _renew_lease(self, slot_id: int, trial_id: int | None) -> None:
-        """Renew the slot's lease (and Optuna's heartbeat). A refusal fences the trial
-        only while that slot is still the one running here: the beat may have read a
-        slot that has since finished, and must not stop the next trial."""
+    def _renew_lease(self, slot_id: int) -> None:
+        """Renew the slot's lease. A refusal fences the trial only while that slot is
+        still the one running here: the beat may have read a slot that has since
+        finished, and must not stop the next trial."""
         if self.store.heartbeat(slot_id, self.id):
-            if trial_id is not None:
-                self.storage.record_heartbeat(trial_id)
             return
         with self._lock:
             if self._current is not None and self._current[0] == slot_id:
