@@ -31,7 +31,8 @@ TRIALS_PER_WORKER = 40
 
 
 class Poller(threading.Thread):
-    """Reads what users and the dashboard read, as fast as it gets answers."""
+    """Reads what users and the dashboard read, every 0.2 s; a refused read or a broken
+    connection is a failure."""
 
     def __init__(self, base_url: str, paths: list[str]) -> None:
         super().__init__(daemon=True)
@@ -44,7 +45,11 @@ class Poller(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             for path in self.paths:
-                answer = self.http.get(path)
+                try:
+                    answer = self.http.get(path)
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"GET {path}: {exc!r}")
+                    continue
                 self.statuses[answer.status_code] += 1
                 if answer.status_code != 200:
                     self.failures.append(f"GET {path}: {answer.status_code} {answer.text[:300]}")
@@ -83,7 +88,7 @@ def test_every_trial_of_many_workers_finishes_while_readers_poll(
             cluster.start_worker(f"worker-{i}")
         for job_id in jobs:
             wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded",  # noqa: B023
-                     420, f"job {job_id} to finish")
+                     240, f"job {job_id} to finish")
         elapsed = time.monotonic() - started
         poller.done.set()
         poller.join()
