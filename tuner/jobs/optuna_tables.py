@@ -9,9 +9,23 @@ value types by name (``COMPLETE``, ``INF_POS``) and times as naive UTC.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Float, Integer, String, Text, column, extract, func, table
+from sqlalchemy import (
+    Connection,
+    Enum,
+    Float,
+    Integer,
+    String,
+    Text,
+    column,
+    extract,
+    func,
+    table,
+)
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import DateTime
+
+TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+"""Every ``optuna.trial.TrialState`` name, in the order reports list them."""
 
 studies = table(
     "studies",
@@ -24,7 +38,7 @@ trials = table(
     column("trial_id", Integer),
     column("number", Integer),
     column("study_id", Integer),
-    column("state", String),
+    column("state", Enum(*TRIAL_STATES, name="trialstate")),  # PostgreSQL: an enum type
     column("datetime_start", DateTime),
     column("datetime_complete", DateTime),
 )
@@ -60,9 +74,6 @@ trial_intermediate_values = table(
     column("intermediate_value", Float),
     column("intermediate_value_type", String),
 )
-
-TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
-"""Every ``optuna.trial.TrialState`` name, in the order reports list them."""
 
 
 def seconds_between(
