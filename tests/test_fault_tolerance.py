@@ -1,5 +1,7 @@
 """Crashes of real processes: the whole service killed and restarted, a frozen worker that
-comes back after its trial was retried, and the chaos demo a user runs.
+comes back after its trial was retried, and the chaos demo a user runs; then, in one
+process, the races those runs uncovered (a late refused beat, a trial started but never
+attached to its slot, Optuna's stale-trial check racing the reaper).
 
 Killing one worker of a pool, SIGTERM and a transient heartbeat error are in
 ``test_worker.py``; store-level fencing in ``test_jobs.py``.
@@ -61,7 +63,9 @@ def cluster(db_url: str, tmp_path: Path) -> Iterator[Cluster]:
 def store(cluster: Cluster) -> Iterator[JobStore]:
     """The test's own view of the database (after the API migrated it)."""
     engine = make_engine(cluster.database_url)
-    yield JobStore(engine)
+    store = JobStore(engine)
+    yield store
+    store.storage.engine.dispose()
     engine.dispose()
 
 
