@@ -27,6 +27,9 @@ from sqlalchemy.types import DateTime
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 """Every ``optuna.trial.TrialState`` name, in the order reports list them."""
 
+# Optuna's enum columns are PostgreSQL enum types: typed as such, a comparison with a
+# name binds that type (as String it binds VARCHAR, which PostgreSQL refuses to compare).
+
 studies = table(
     "studies",
     column("study_id", Integer),
@@ -38,7 +41,7 @@ trials = table(
     column("trial_id", Integer),
     column("number", Integer),
     column("study_id", Integer),
-    column("state", Enum(*TRIAL_STATES, name="trialstate")),  # PostgreSQL: an enum type
+    column("state", Enum(*TRIAL_STATES, name="trialstate")),
     column("datetime_start", DateTime),
     column("datetime_complete", DateTime),
 )
@@ -48,7 +51,7 @@ trial_values = table(
     column("trial_id", Integer),
     column("objective", Integer),
     column("value", Float),
-    column("value_type", String),
+    column("value_type", Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")),
 )
 
 trial_params = table(
@@ -72,7 +75,10 @@ trial_intermediate_values = table(
     column("trial_id", Integer),
     column("step", Integer),
     column("intermediate_value", Float),
-    column("intermediate_value_type", String),
+    column(
+        "intermediate_value_type",
+        Enum("FINITE", "INF_POS", "INF_NEG", "NAN", name="trialintermediatevaluetype"),
+    ),
 )
 
 
