@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
@@ -25,7 +25,10 @@ router = APIRouter(tags=["monitoring"])
     "/metrics",
     dependencies=[Read],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+    responses={200: {
+        "content": {"text/plain": {}, "application/openmetrics-text": {}},
+        "description": "Prometheus text format (OpenMetrics when the Accept header asks).",
+    }},
     summary="Service metrics for Prometheus",
 )
 def metrics(
