@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from optuna.artifacts._protocol import ArtifactStore
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 
 from tuner.jobs import Job, JobStore
 from tuner.keys import KeyStore, Principal, Scope
@@ -41,7 +41,7 @@ def _keys(request: Request) -> KeyStore:
     return request.app.state.keys
 
 
-def _storage(request: Request) -> BaseStorage:
+def _storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
@@ -98,7 +98,7 @@ def _visible_owner(principal: PrincipalDep) -> str | None:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 KeysDep = Annotated[KeyStore, Depends(_keys)]
-StorageDep = Annotated[BaseStorage, Depends(_storage)]
+StorageDep = Annotated[RDBStorage, Depends(_storage)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 CurrentOwner = Annotated[str, Depends(current_owner)]
 VisibleOwner = Annotated[str | None, Depends(_visible_owner)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -140,6 +140,9 @@ class TrialOut(Out):
     started_at: datetime | None
     completed_at: datetime | None
     reason: str | None = Field(default=None, description="Why a trial failed or was pruned.")
+
+    USER_ATTRS: ClassVar[tuple[str, ...]] = ("metrics", "fail_reason")
+    """The trial user attributes ``of`` reads (readers load only these)."""
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialOut:

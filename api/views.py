@@ -1,20 +1,21 @@
 """Job rows and Optuna studies turned into the API's response models.
 
 A job's row says what was asked and how many slots were used; its Optuna study (same
-database) says what each trial did. Listing reads rows only; the detail view reads
-the study too.
+database) says what each trial did. Listing reads rows only; the detail view adds
+aggregates over the study's trials.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections import Counter
 
 import optuna
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from sqlalchemy import Connection
 
+from api import trial_reads as reads
 from api.schemas import (
     TERMINAL_STATES,
     Best,
@@ -28,8 +29,6 @@ from api.schemas import (
     seconds_between,
 )
 from tuner.jobs import Job
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def load_study(storage: BaseStorage, study_name: str) -> optuna.Study | None:
@@ -76,34 +75,52 @@ def _summary_fields(job: Job) -> dict[str, object]:
     }
 
 
-def job_detail(job: Job, storage: BaseStorage) -> JobOut:
-    study = load_study(storage, job.study_name)
-    trials = study.get_trials(deepcopy=False) if study else []
-    counts = Counter(t.state for t in trials)
+def study_id_of(storage: RDBStorage, study_name: str) -> int | None:
+    """The Optuna id of the job's study, or None while it does not exist."""
+    try:
+        return storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return None
+
+
+def job_detail(job: Job, storage: RDBStorage) -> JobOut:
+    """The job with its trial counts, best and ETA, read by aggregate queries: a
+    handful whatever the number of trials (see ``api.trial_reads``)."""
+    study_id = study_id_of(storage, job.study_name)
+    directions = storage.get_study_directions(study_id) if study_id is not None else []
     metrics = job.spec.get("metrics") or []
     elapsed = seconds_between(job.started_at, job.ended_at)
+    counts: dict[TrialState, int] = dict.fromkeys(TrialState, 0)
+    best, mean_s = None, None
+    if study_id is not None:
+        with storage.engine.connect() as conn:
+            counts = reads.state_counts(conn, study_id)
+            if counts[TrialState.COMPLETE]:
+                best = _best(conn, study_id, directions)
+            if job.state not in TERMINAL_STATES:
+                mean_s = reads.mean_finished_seconds(conn, study_id)
     return JobOut(
         **_summary_fields(job),
-        links=links(job, storage.get_study_id_from_name(job.study_name) if study else None),
+        links=links(job, study_id),
         metrics=[m["name"] for m in metrics],
-        directions=[d.name.lower() for d in study.directions] if study else [],
+        directions=[d.name.lower() for d in directions],
         trials=TrialCounts(
             started=job.started,
             finished=job.finished,
-            **{state.name.lower(): counts[state] for state in TrialState},
+            **{state.name.lower(): n for state, n in counts.items()},
         ),
-        best=_best(study, trials) if study else None,
+        best=best,
         elapsed_s=elapsed,
-        eta_s=_eta(job, trials, elapsed),
+        eta_s=_eta(job, mean_s, elapsed),
         spec=job.spec,
     )
 
 
-def _best(study: optuna.Study, trials: list[FrozenTrial]) -> Best | None:
-    if not any(t.state == TrialState.COMPLETE for t in trials):
-        return None
-    if len(study.directions) > 1:
-        front = study.best_trials
+def _best(conn: Connection, study_id: int, directions: list[StudyDirection]) -> Best:
+    """The best complete trial by the first value; the Pareto front for several."""
+    if len(directions) > 1:
+        ids = reads.pareto_front_ids(conn, study_id, directions)
+        front = reads.load_trials(conn, ids, TrialOut.USER_ATTRS)
         return Best(
             trial_number=None,
             values=None,
@@ -111,7 +128,11 @@ def _best(study: optuna.Study, trials: list[FrozenTrial]) -> Best | None:
             pareto_front_size=len(front),
             pareto_front=[TrialOut.of(t) for t in front],
         )
-    best = study.best_trial
+    ids, _ = reads.page_ids(
+        conn, study_id, sort="value", maximize=directions[0] == StudyDirection.MAXIMIZE,
+        state=TrialState.COMPLETE, limit=1,
+    )
+    (best,) = reads.load_trials(conn, ids, ())
     return Best(
         trial_number=best.number,
         values=[finite(v) for v in best.values],
@@ -119,17 +140,12 @@ def _best(study: optuna.Study, trials: list[FrozenTrial]) -> Best | None:
     )
 
 
-def _eta(job: Job, trials: list[FrozenTrial], elapsed: float | None) -> float | None:
+def _eta(job: Job, mean_s: float | None, elapsed: float | None) -> float | None:
     """Mean trial time x rounds still to run (remaining / parallelism), within the timeout."""
-    if job.state in TERMINAL_STATES or elapsed is None:
-        return None
-    durations = [
-        d.total_seconds() for t in trials if t.state in FINISHED and (d := t.duration) is not None
-    ]
-    if not durations:
+    if job.state in TERMINAL_STATES or elapsed is None or mean_s is None:
         return None
     remaining = max(0, job.n_trials - job.finished)
-    eta = statistics.fmean(durations) * math.ceil(remaining / max(1, job.parallelism))
+    eta = mean_s * math.ceil(remaining / max(1, job.parallelism))
     if job.timeout_s is not None:
         eta = min(eta, max(0.0, job.timeout_s - elapsed))
     return eta

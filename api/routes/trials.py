@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
 
+from api import trial_reads as reads
 from api.deps import JobDep, Read, StorageDep, StoreDep, Submit
 from api.schemas import (
     CONFLICT,
@@ -20,17 +20,9 @@ from api.schemas import (
     TrialOut,
     TrialStateName,
 )
-from api.views import load_study
+from api.views import study_id_of
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/trials", tags=["trials"])
-
-
-def _trials(storage: StorageDep, study_name: str) -> tuple[list[FrozenTrial], bool]:
-    """The study's trials and whether its first metric is maximised."""
-    study = load_study(storage, study_name)
-    if study is None:
-        return [], False
-    return study.get_trials(deepcopy=False), study.directions[0] == StudyDirection.MAXIMIZE
 
 
 @router.get(
@@ -54,18 +46,17 @@ def list_trials(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> TrialList:
-    trials, maximize = _trials(storage, job.study_name)
-    if state is not None:
-        trials = [t for t in trials if t.state == TRIAL_STATES[state]]
-    if sort == "value":
-        # Trials with a value first, best first; the rest after, by number.
-        sign = -1.0 if maximize else 1.0
-        trials = sorted(
-            trials, key=lambda t: (t.values is None, sign * t.values[0] if t.values else 0.0)
-        )
+    study_id = study_id_of(storage, job.study_name)
+    if study_id is None:
+        return TrialList(items=[], next_cursor=None)
     start = int(cursor or 0)
-    page = trials[start : start + limit]
-    more = start + limit < len(trials)
+    maximize = storage.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
+    with storage.engine.connect() as conn:
+        ids, more = reads.page_ids(
+            conn, study_id, sort=sort, maximize=maximize,
+            state=TRIAL_STATES[state] if state is not None else None, offset=start, limit=limit,
+        )
+        page = reads.load_trials(conn, ids, TrialOut.USER_ATTRS)
     return TrialList(
         items=[TrialOut.of(t) for t in page], next_cursor=str(start + limit) if more else None
     )
@@ -83,14 +74,17 @@ def get_trial(
     storage: StorageDep,
     number: Annotated[int, Path(ge=0, le=2**31 - 1, description="The trial's number.")],
 ) -> TrialOut:
-    trials, _ = _trials(storage, job.study_name)
-    found = next((t for t in trials if t.number == number), None)
-    if found is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"job {job.id} has no trial {number}; it has {len(trials)} trials numbered from 0",
-        )
-    return TrialOut.of(found)
+    study_id = study_id_of(storage, job.study_name)
+    with storage.engine.connect() as conn:
+        found = None if study_id is None else reads.trial_id(conn, study_id, number)
+        if found is None:
+            total = 0 if study_id is None else sum(reads.state_counts(conn, study_id).values())
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"job {job.id} has no trial {number}; it has {total} trials numbered from 0",
+            )
+        (trial,) = reads.load_trials(conn, [found], TrialOut.USER_ATTRS)
+    return TrialOut.of(trial)
 
 
 @router.post(
