@@ -90,15 +90,12 @@ def job_detail(job: Job, storage: RDBStorage) -> JobOut:
     directions = storage.get_study_directions(study_id) if study_id is not None else []
     metrics = job.spec.get("metrics") or []
     elapsed = seconds_between(job.started_at, job.ended_at)
-    counts: dict[TrialState, int] = dict.fromkeys(TrialState, 0)
-    best, mean_s = None, None
+    stats, best = reads.TrialStats(dict.fromkeys(TrialState, 0), None), None
     if study_id is not None:
         with storage.engine.connect() as conn:
-            counts = reads.state_counts(conn, study_id)
-            if counts[TrialState.COMPLETE]:
+            stats = reads.trial_stats(conn, study_id)
+            if stats.counts[TrialState.COMPLETE]:
                 best = _best(conn, study_id, directions)
-            if job.state not in TERMINAL_STATES:
-                mean_s = reads.mean_finished_seconds(conn, study_id)
     return JobOut(
         **_summary_fields(job),
         links=links(job, study_id),
@@ -107,11 +104,11 @@ def job_detail(job: Job, storage: RDBStorage) -> JobOut:
         trials=TrialCounts(
             started=job.started,
             finished=job.finished,
-            **{state.name.lower(): n for state, n in counts.items()},
+            **{state.name.lower(): n for state, n in stats.counts.items()},
         ),
         best=best,
         elapsed_s=elapsed,
-        eta_s=_eta(job, mean_s, elapsed),
+        eta_s=_eta(job, stats.mean_finished_s, elapsed),
         spec=job.spec,
     )
 

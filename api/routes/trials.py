@@ -78,7 +78,8 @@ def get_trial(
     with storage.engine.connect() as conn:
         found = None if study_id is None else reads.trial_id(conn, study_id, number)
         if found is None:
-            total = 0 if study_id is None else sum(reads.state_counts(conn, study_id).values())
+            counts = reads.trial_stats(conn, study_id).counts if study_id is not None else {}
+            total = sum(counts.values())
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND,
                 f"job {job.id} has no trial {number}; it has {total} trials numbered from 0",
