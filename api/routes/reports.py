@@ -20,8 +20,8 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["reports"], dependencies=[R
 
 @router.get(
     "/report",
-    response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}}, **NOT_FOUND},
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}, "description": "The report."}, **NOT_FOUND},
     summary="A self-contained HTML report of the job",
 )
 async def report(job: JobDep, storage: StorageDep) -> HTMLResponse:
@@ -37,7 +37,7 @@ async def report(job: JobDep, storage: StorageDep) -> HTMLResponse:
 @router.get(
     "/report.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+    responses={200: {"content": {"image/png": {}}, "description": "A PNG."}, **NOT_FOUND},
     summary="The optimization history as a PNG",
 )
 async def report_png(job: JobDep, storage: StorageDep) -> Response:
