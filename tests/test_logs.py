@@ -66,8 +66,11 @@ def test_json_lines_hold_tracebacks_and_odd_values(stream: io.StringIO) -> None:
 
 def test_optuna_records_and_python_warnings_come_out_as_json_too(stream: io.StringIO) -> None:
     configure_logging(Settings(log_json=True), stream)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # other tests may have quietened it
     optuna.logging.get_logger("optuna").warning("from optuna")
-    warnings.warn("careful", UserWarning, stacklevel=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # whatever filters earlier tests left behind
+        warnings.warn("careful", UserWarning, stacklevel=1)
     records = [json.loads(line) for line in lines(stream)]
     assert (records[0]["logger"], records[0]["message"]) == ("optuna", "from optuna")
     assert records[1]["logger"] == "py.warnings" and "careful" in records[1]["message"]
