@@ -94,3 +94,31 @@ def test_empty_split_has_no_metrics_and_model_mode_is_kept() -> None:
     x = torch.randn(4, 2)
     evaluate_split(model, x, torch.tensor([0, 1, 0, 1]), "classification", nn.CrossEntropyLoss())
     assert model.training
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_ranking_and_macro_metrics_match_sklearn_with_ties_and_unpredicted_classes(
+    n_classes: int,
+) -> None:
+    """Outputs drawn from six distinct rows tie in every column; a class the model never
+    predicts counts in the macro averages as sklearn counts it."""
+    rng = np.random.default_rng(n_classes)
+    truth = np.r_[np.arange(n_classes), rng.integers(0, n_classes, 200)]
+    palette = rng.normal(size=(6, n_classes))
+    palette[:, -1] -= 10.0  # the last class is never the argmax
+    logits = palette[rng.integers(0, 6, len(truth))]
+    model = nn.Identity()
+    x, y = torch.tensor(logits), torch.tensor(truth)
+    got = evaluate_split(model, x, y, "classification", nn.CrossEntropyLoss())
+    proba = torch.softmax(x.double(), 1).numpy()
+    pred = proba.argmax(1)
+    score = proba[:, 1] if n_classes == 2 else proba
+    multi = {} if n_classes == 2 else {"multi_class": "ovr"}
+    p, r, f, _ = skm.precision_recall_fscore_support(truth, pred, average="macro", zero_division=0)
+    expected = {
+        "precision": p, "recall": r, "f1": f,
+        "roc_auc": skm.roc_auc_score(truth, score, **multi),
+        "average_precision": skm.average_precision_score(truth, score, average="macro"),
+    }
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-9), name
