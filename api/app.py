@@ -36,7 +36,7 @@ from api.routes import (
 from api.schemas import GUARDED
 from api.security import Guard
 from tuner.engine import make_storage
-from tuner.jobs import JobStore, make_engine
+from tuner.jobs import JobStore
 from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
 from tuner.webhooks import Deliverer
@@ -55,8 +55,8 @@ Once an API key exists (`tuner keys create`), every request needs one, as
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app on ``settings`` (default: the TUNER_* environment)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
     storage = make_storage(settings.database_url)
+    engine = storage.engine  # one pool per process: jobs, keys and Optuna share it
     artifact_store = FileSystemArtifactStore(settings.artifact_root)
 
     deliverer = Deliverer(engine, settings)
@@ -67,7 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         deliverer.stop()
         engine.dispose()
-        storage.engine.dispose()
 
     app = FastAPI(
         title="Tuner",
