@@ -27,7 +27,7 @@ from tuner.engine import ranked_trials
 from tuner.jobs import Job, JobStore, SlotState, TrialSlot, make_engine, migrate
 from tuner.settings import Settings
 from tuner.spec import StudySpec
-from tuner.worker import Worker, WorkerPool, run_worker
+from tuner.worker import Worker, WorkerPool, idle_wait, run_worker
 
 SpecFactory = Callable[..., StudySpec]
 
@@ -301,3 +301,11 @@ def test_pool_of_three_keeps_the_budget_exact_when_a_worker_is_killed(
     assert retry.state == TrialState.COMPLETE and retry.params == lost.params
     assert sum(t.state != TrialState.FAIL for t in by_number.values()) == job.n_trials
     engine.dispose()
+
+
+def test_idle_polls_start_fast_and_back_off_to_the_poll_interval() -> None:
+    waits = [idle_wait(n, 0.5) for n in range(8)]
+    assert waits[:4] == [0.05, 0.1, 0.2, 0.4]
+    assert waits[4:] == [0.5] * 4
+    assert idle_wait(10_000, 2.0) == 2.0
+    assert idle_wait(0, 0.01) == 0.01  # a shorter configured interval wins

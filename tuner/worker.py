@@ -50,6 +50,17 @@ STOP_CHECK_S = 1.0
 """How often a running trial reads its job's cancel flag and deadline (one small query)."""
 
 
+FIRST_POLL_S = 0.05
+"""The first idle poll after work: a job's next trial, or the next job, starts soon."""
+
+
+def idle_wait(polls: int, poll_interval_s: float) -> float:
+    """Seconds to wait after ``polls`` empty claims in a row: 0.05 s doubling up to
+    ``poll_interval_s``, so a busy service wastes little time between trials and an
+    idle one polls at the configured rate."""
+    return min(poll_interval_s, FIRST_POLL_S * 2.0 ** min(polls, 16))
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(2)}"
 
@@ -119,6 +130,7 @@ class Worker:
         beat = threading.Thread(target=self._beat, name=f"beat-{self.id}", daemon=True)
         beat.start()
         log.info("worker %s started on %s", self.id, self.device)
+        idle = 0
         try:
             while not self.stop.is_set():
                 if max_trials is not None and self.trials_run >= max_trials:
@@ -129,8 +141,10 @@ class Worker:
                     log.warning("claim failed, retrying: %s", exc)
                     claim = None
                 if claim is None:
-                    self.stop.wait(self.settings.poll_interval_s)
+                    self.stop.wait(idle_wait(idle, self.settings.poll_interval_s))
+                    idle += 1
                     continue
+                idle = 0
                 self._run_claim(claim)
                 self.trials_run += 1
         finally:
