@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import torch
 from psycopg import sql
+from specs import TINY_SPACE, tiny_spec
 from sqlalchemy.engine import make_url
 
 from tuner.spec import StudySpec, parse_spec
@@ -26,40 +27,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'studies' / 'test.db'}"
 
 
-TINY_SPACE: dict[str, Any] = {
-    "lr": {"low": 0.01, "high": 0.1, "log": True},
-    "batch_size": 64,
-    "depth": 1,
-    "width": {"choices": [8, 16]},
-    "batch_norm": False,
-    "dropout": 0.0,
-    "optimizer": "adam",
-    "schedule": "none",
-    "weight_decay": 0.0,
-}
-"""A small space that trains in a blink on iris: a few searched dimensions only."""
-
-
 @pytest.fixture
 def make_spec() -> Callable[..., StudySpec]:
-    """Build a tiny iris spec (3 epochs, tiny space); keyword arguments override fields."""
+    """Build the tiny iris spec with 3 epochs; overrides replace fields, search_space merges."""
 
     def build(**overrides: Any) -> StudySpec:
-        data: dict[str, Any] = {
-            "name": "tiny",
-            "objective": "mlp",
-            "dataset": {"name": "iris"},
-            "budget": {"n_trials": 3, "max_epochs": 3},
-            "sampler": {"name": "random", "seed": 0},
-            "pruner": {"name": "none"},
-            "search_space": dict(TINY_SPACE),
-        }
-        for key, value in overrides.items():
-            if key == "search_space":
-                data["search_space"] = {**data["search_space"], **value}
-            else:
-                data[key] = value
-        return parse_spec(data)
+        space = {**TINY_SPACE, **overrides.pop("search_space", {})}
+        return parse_spec(tiny_spec(max_epochs=3, **overrides, search_space=space))
 
     return build
 

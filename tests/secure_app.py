@@ -16,29 +16,6 @@ from tuner.jobs import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.settings import Settings
 
-TINY_SPACE: dict[str, Any] = {
-    "lr": {"low": 0.01, "high": 0.1, "log": True},
-    "batch_size": 64,
-    "epochs": 2,
-    "depth": 1,
-    "width": {"choices": [8, 16]},
-    "optimizer": "adam",
-}
-
-
-def tiny_spec(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
-    """A valid job body: iris, tiny space, two epochs."""
-    return {
-        "name": name,
-        "objective": "mlp",
-        "dataset": {"name": "iris"},
-        "budget": {"n_trials": 2, "max_epochs": 2},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "search_space": TINY_SPACE,
-        **overrides,
-    }
-
 
 @dataclass
 class Service:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from safetensors import safe_open
+from specs import TINY_SPACE, tiny_spec
 
 from api.app import create_app
 from tuner.jobs import migrate
@@ -24,33 +26,9 @@ from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.worker import run_worker
 
-SPACE: dict[str, Any] = {
-    "lr": {"low": 0.01, "high": 0.1, "log": True},
-    "batch_size": 64,
-    "epochs": 2,
-    "depth": 1,
-    "width": {"choices": [8, 16]},
-    "batch_norm": False,
-    "dropout": 0.0,
-    "optimizer": "adam",
-    "schedule": "none",
-    "weight_decay": 0.0,
-    "loss": "cross_entropy",
-}
-
-
-def spec(name: str = "tiny", n_trials: int = 3, **overrides: Any) -> dict[str, Any]:
-    """A spec that trains in a blink: iris, an MLP, two epochs, random sampling."""
-    return {
-        "name": name,
-        "objective": "mlp",
-        "dataset": {"name": "iris"},
-        "budget": {"n_trials": n_trials, "max_epochs": 3},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "search_space": SPACE,
-        **overrides,
-    }
+SPACE = {**TINY_SPACE, "loss": "cross_entropy"}
+"""The tiny space with the loss fixed too: trials search lr and width only."""
+spec = partial(tiny_spec, search_space=SPACE)
 
 
 def make_settings(root: Path) -> Settings:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +20,13 @@ import httpx
 import pytest
 from live_server import LiveServer, start_server
 from safetensors import safe_open
+from specs import TINY_SPACE, tiny_spec
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-SPACE: dict[str, Any] = {
-    "lr": {"low": 0.01, "high": 0.1, "log": True},
-    "batch_size": 32,
-    "epochs": 2,
-    "depth": 1,
-    "width": {"choices": [8, 16]},
-    "batch_norm": False,
-    "dropout": 0.0,
-    "optimizer": "adam",
-    "schedule": "none",
-    "weight_decay": 0.0,
-    "loss": "cross_entropy",
-}
-
-
-def spec(name: str, n_trials: int, **overrides: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "objective": "mlp",
-        "dataset": {"name": "iris"},
-        "metrics": [{"name": "val_accuracy"}],
-        "budget": {"n_trials": n_trials, "max_epochs": 3},
-        "parallelism": 2,
-        "sampler": {"name": "random", "seed": 1},
-        "pruner": {"name": "none"},
-        "search_space": SPACE,
-        **overrides,
-    }
+spec = partial(tiny_spec, parallelism=2, search_space={**TINY_SPACE, "batch_size": 32})
+"""Two trials at a time, in small batches: a job lasts long enough to cancel mid-way."""
 
 
 @pytest.fixture(scope="module")

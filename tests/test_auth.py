@@ -9,7 +9,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from secure_app import Service, make_service, tiny_spec
+from secure_app import Service, make_service
+from specs import tiny_spec
 from sqlalchemy import MetaData
 from typer.testing import CliRunner
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from secure_app import Service, make_service, tiny_spec
+from secure_app import Service, make_service
+from specs import tiny_spec
 
 from tuner.objective import get_objective
 from tuner.spec import StudySpec
@@ -99,7 +100,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("unknown loss", _space(loss={"choices": ["hinge", "focal"]}), 422, "unknown loss 'hinge'"),
     ("unknown metric", _spec(metrics=[{"name": "val_vibes"}]), 422, "unknown metric"),
     ("unknown objective parameter", _space(layers=3), 422, "has no parameter 'layers'"),
-    ("everything fixed, 2 trials", _spec(search_space=_all_fixed()), 422,
+    ("everything fixed, 2 trials", _spec(n_trials=2, search_space=_all_fixed()), 422,
      "every dimension of search_space is fixed"),
     ("two metrics with cmaes", _spec(
         metrics=[{"name": "val_accuracy"}, {"name": "n_params"}], sampler={"name": "cmaes"}),

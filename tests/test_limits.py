@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import start_server
-from secure_app import Service, make_service, tiny_spec
+from secure_app import Service, make_service
+from specs import tiny_spec
 
 
 def test_budget_over_the_limits_is_422_naming_the_setting(tmp_path: Path) -> None:

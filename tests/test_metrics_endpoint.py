@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from secure_app import make_service, tiny_spec
+from secure_app import make_service
+from specs import tiny_spec
 from sqlalchemy import create_engine, update
 from test_api import client_for, make_settings, run_trials, spec
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from test_api import SPACE, client_for, make_settings, run_trials
+from specs import TINY_SPACE, tiny_spec
+from test_api import client_for, make_settings, run_trials
 
 from tuner import objective, spec
 
@@ -54,17 +55,12 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def resmlp_spec(name: str = "res", n_trials: int = 2, **overrides: Any) -> dict[str, Any]:
-    space = {k: v for k, v in SPACE.items() if k != "depth"}
-    return {
-        "name": name,
-        "objective": "resmlp",
-        "dataset": {"name": "iris"},
-        "budget": {"n_trials": n_trials, "max_epochs": 3},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "search_space": {**space, "blocks": {"low": 1, "high": 2}},
+    """The tiny spec for the plugin: its own ``blocks`` instead of ``depth``."""
+    space = {k: v for k, v in TINY_SPACE.items() if k != "depth"}
+    return tiny_spec(name, n_trials, **{
+        "objective": "resmlp", "search_space": {**space, "blocks": {"low": 1, "high": 2}},
         **overrides,
-    }
+    })
 
 
 def test_the_installed_plugin_is_a_registered_objective() -> None:

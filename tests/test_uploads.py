@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from secure_app import Service, make_service, tiny_spec
+from secure_app import Service, make_service
 from sklearn.datasets import load_iris
+from specs import tiny_spec
 
 
 @pytest.fixture
