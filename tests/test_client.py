@@ -15,8 +15,10 @@ import httpx
 import pytest
 import yaml
 from a2wsgi import ASGIMiddleware
+from live_server import free_port, live_server
 from safetensors.torch import load_file
-from servers import InProcess, free_port, in_process, live_server, tiny_spec
+from servers import InProcess, in_process
+from specs import tiny_spec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

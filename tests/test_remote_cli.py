@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from servers import free_port, live_server, tiny_spec
+from live_server import free_port, live_server
+from specs import tiny_spec
 from typer.testing import CliRunner, Result
 
 from tuner.client import Client, NotFound

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import optuna
 import pytest
-from live_server import start_server
+from live_server import free_port, start_server
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from test_api import client_for, make_settings, run_trials, spec
@@ -84,10 +83,7 @@ def receiver() -> Iterator[Receiver]:
 
 def dead_url() -> str:
     """A 127.0.0.1 port nobody listens on: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 def hook_settings(root: Path, **overrides: Any) -> Settings:
