@@ -13,42 +13,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import launch, require_chromium
 from live_server import LiveServer, start_server
+from specs import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SPEC = {
-    "name": "browser-demo",
-    "objective": "mlp",
-    "dataset": {"name": "iris"},
-    "budget": {"n_trials": 3, "max_epochs": 2},
-    "sampler": {"name": "random", "seed": 3},
-    "pruner": {"name": "none"},
-    "search_space": {
-        "lr": {"low": 0.01, "high": 0.1, "log": True},
-        "epochs": 2,
-        "depth": 1,
-        "width": 8,
-        "batch_norm": False,
-        "optimizer": "adam",
-        "loss": "cross_entropy",
-    },
-}
+SPEC = tiny_spec("browser-demo")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    require_chromium()
     live = start_server(tmp_path_factory.mktemp("browser"), workers=1)
     yield live
     live.stop()
@@ -73,7 +49,7 @@ def test_the_dashboard_shows_the_job_study_and_its_trials(
 
     job = finished_job(server)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{server.url}/dashboard", wait_until="networkidle")

@@ -5,26 +5,17 @@ Drives Debian's chromium through Playwright; skipped where either is missing.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import optuna
 import pytest
+from browser import launch, require_chromium
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.report import build_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -67,11 +58,11 @@ def make_study(tmp_path: Path, directions: list[str]) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = launch(p)
         yield launched
         launched.close()
 
