@@ -272,10 +272,10 @@ def export(
 ) -> None:
     """Write the best trial as a complete spec with every searched value fixed.
 
-    STUDY is a local study name, or a job id (``j_...``) on a server (``--server`` or
-    TUNER_SERVER).
+    STUDY is a study name in the local storage, or a job id (``j_...``) on the server
+    (``--server`` or TUNER_SERVER).
     """
-    if server or remote.is_job_id(study_name):
+    if remote.is_job_id(study_name):
         remote.export_from_server(study_name, output, fmt, server, key)
         return
     with user_errors():
