@@ -19,6 +19,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from starlette.routing import Match, Mount
 
 from api import errors
+from api.cache import ReadCache
 from api.dashboard import dashboard_app
 from api.limits import BodyLimit
 from api.routes import (
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyStore(engine)
     app.state.storage = storage
     app.state.artifacts = artifact_store
+    app.state.read_cache = ReadCache()  # job detail and trial pages (api.cache)
     errors.install(app)
     for module in (jobs, trials, events, artifacts, reports, uploads, catalog, keys, metrics):
         app.include_router(module.router, responses=GUARDED)

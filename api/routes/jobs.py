@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
 
+from api.cache import ReadCacheDep, job_version
 from api.deps import (
     JobDep,
     PrincipalDep,
@@ -109,8 +110,9 @@ def list_jobs(
     dependencies=[Read],
     summary="A job, its trials and best",
 )
-def get_job(job: JobDep, storage: StorageDep) -> JobOut:
-    return job_detail(job, storage)
+def get_job(job: JobDep, storage: StorageDep, cache: ReadCacheDep) -> JobOut:
+    """Served from the read cache (``api.cache``): at most a second behind."""
+    return cache.get(("job", *job_version(job)), lambda: job_detail(job, storage))
 
 
 @router.post(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
+from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 
 from api import trial_reads as reads
+from api.cache import ReadCacheDep, job_version
 from api.deps import JobDep, Read, StorageDep, StoreDep, Submit
 from api.schemas import (
     CONFLICT,
@@ -21,6 +23,7 @@ from api.schemas import (
     TrialStateName,
 )
 from api.views import study_id_of
+from tuner.jobs import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/trials", tags=["trials"])
 
@@ -35,6 +38,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/trials", tags=["trials"])
 def list_trials(
     job: JobDep,
     storage: StorageDep,
+    cache: ReadCacheDep,
     sort: Annotated[
         Literal["number", "value"],
         Query(description="number: oldest first; value: best first by the first metric."),
@@ -46,10 +50,25 @@ def list_trials(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> TrialList:
+    """Served from the read cache (``api.cache``): at most a second behind."""
+    start = int(cursor or 0)
+    return cache.get(
+        ("trials", *job_version(job), sort, state, start, limit),
+        lambda: _trial_page(job, storage, sort, state, start, limit),
+    )
+
+
+def _trial_page(
+    job: Job,
+    storage: RDBStorage,
+    sort: Literal["number", "value"],
+    state: TrialStateName | None,
+    start: int,
+    limit: int,
+) -> TrialList:
     study_id = study_id_of(storage, job.study_name)
     if study_id is None:
         return TrialList(items=[], next_cursor=None)
-    start = int(cursor or 0)
     maximize = storage.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
     with storage.engine.connect() as conn:
         ids, more = reads.page_ids(

@@ -1,0 +1,186 @@
+"""The read cache of a job's detail and trial pages (api.cache), on the real app.
+
+A ``before_cursor_execute`` listener on the app's engine sees every statement; each
+request still reads its key (``api_keys``) and its job row (``jobs``: the owner check),
+and only a miss reads the study's tables. The cache's clock is a test-owned counter,
+so expiry is a step of that counter, not a wait.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+from optuna.trial import TrialState
+from sqlalchemy import event
+
+from api.cache import TTL_S, ReadCache
+from tests.secure_app import Service, make_service
+from tests.specs import tiny_spec
+
+PER_REQUEST = {"api_keys", "jobs"}
+"""Tables every request reads before the cache is asked: the caller's key, the job row."""
+
+CONCURRENT = 8
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Statements:
+    """The tables (first FROM) of statements run on the engine; an optional gate holds
+    the first study read until ``CONCURRENT`` job rows were read."""
+
+    tables: list[str] = field(default_factory=list)
+    gate: threading.Event | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        found = re.search(r"\bFROM (\w+)", statement)
+        table = found.group(1) if found else statement.split()[0]
+        with self.lock:
+            self.tables.append(table)
+            jobs_read = self.tables.count("jobs")
+            gate = self.gate
+        if gate is not None and table not in PER_REQUEST:
+            assert gate.wait(30), "the other requests never reached the owner check"
+        elif gate is not None and jobs_read >= CONCURRENT:
+            gate.set()
+
+    def study_reads(self) -> list[str]:
+        return [t for t in self.tables if t not in PER_REQUEST]
+
+
+@dataclass
+class Setup:
+    service: Service
+    alice: TestClient
+    job: str
+    clock: Clock
+    seen: Statements
+
+    def get(self, path: str, client: TestClient | None = None) -> Any:
+        response = (client or self.alice).get(path)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    service = make_service(tmp_path)
+    clock = Clock()
+    service.app.state.read_cache = ReadCache(clock=clock)
+    alice = service.client(service.key("alice"))
+    job = alice.post("/v1/jobs", json=tiny_spec()).json()["id"]
+    seen = Statements()
+    engine = service.app.state.storage.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    yield Setup(service, alice, job, clock, seen)
+    event.remove(engine, "before_cursor_execute", seen)
+
+
+def _tell(setup: Setup, value: float) -> optuna.trial.FrozenTrial:
+    """A complete trial told through Optuna alone: the job row does not change."""
+    app = setup.service.app
+    study_name = app.state.store.get(setup.job).study_name
+    study = optuna.load_study(study_name=study_name, storage=app.state.storage)
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)})
+    study.tell(trial, value)
+    return study.trials[trial.number]
+
+
+def test_a_repeated_request_reads_no_study_tables(setup: Setup) -> None:
+    _tell(setup, 0.7)
+    paths = [f"/v1/jobs/{setup.job}", f"/v1/jobs/{setup.job}/trials?limit=5"]
+    first = [setup.get(p) for p in paths]
+    assert setup.seen.study_reads()
+    setup.seen.tables.clear()
+    assert [setup.get(p) for p in paths] == first
+    assert set(setup.seen.tables) == PER_REQUEST
+    setup.get(f"/v1/jobs/{setup.job}/trials?limit=6")  # other params: another entry
+    assert setup.seen.study_reads()
+
+
+def test_a_finished_trial_or_expiry_gives_fresh_data(setup: Setup) -> None:
+    detail, page = f"/v1/jobs/{setup.job}", f"/v1/jobs/{setup.job}/trials"
+    assert setup.get(detail)["trials"]["complete"] == 0 and setup.get(page)["items"] == []
+    _tell(setup, 0.7)  # the row is unchanged: reads may lag, by at most the TTL
+    assert setup.get(detail)["trials"]["complete"] == 0 and setup.get(page)["items"] == []
+    setup.clock.now += TTL_S
+    assert setup.get(detail)["trials"]["complete"] == 1
+    assert [t["values"] for t in setup.get(page)["items"]] == [[0.7]]
+
+    store = setup.service.app.state.store
+    claim = store.claim("cache-test")  # the row changes: started, state, updated_at
+    assert claim is not None
+    trial = _tell(setup, 0.9)
+    assert store.attach_trial(claim.slot_id, trial._trial_id, trial.number)
+    assert store.finish(claim.slot_id, TrialState.COMPLETE, [0.9])
+    got = setup.get(detail)  # the clock has not moved
+    assert got["state"] == "running" and got["trials"]["finished"] == 1
+    assert got["trials"]["complete"] == 2 and got["best"]["values"] == [0.9]
+    assert [t["values"] for t in setup.get(page)["items"]] == [[0.7], [0.9]]
+
+
+def test_another_owner_still_gets_404(setup: Setup) -> None:
+    paths = [f"/v1/jobs/{setup.job}", f"/v1/jobs/{setup.job}/trials"]
+    for path in paths:
+        setup.get(path)  # cached for alice
+    bob = setup.service.client(setup.service.key("bob"))
+    for path in paths:
+        answer = bob.get(path)
+        assert answer.status_code == 404, answer.text
+        assert "no job" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["", "/trials?limit=7"])
+def test_concurrent_identical_requests_compute_once(setup: Setup, path: str) -> None:
+    _tell(setup, 0.7)
+    url = f"/v1/jobs/{setup.job}{path}"
+    setup.seen.tables.clear()
+    setup.get(url)
+    once = len(setup.seen.study_reads())
+    setup.clock.now += TTL_S
+    setup.seen.tables.clear()
+    setup.seen.gate = threading.Event()  # no study read until every request is past the owner check
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        answers = list(pool.map(lambda _: setup.get(url), range(CONCURRENT)))
+    assert setup.seen.tables.count("jobs") == CONCURRENT
+    assert len(setup.seen.study_reads()) == once
+    assert all(a == answers[0] for a in answers)
+
+
+def test_the_cache_is_bounded_and_keeps_no_failure() -> None:
+    cache = ReadCache(max_entries=2, clock=Clock())
+    calls: list[str] = []
+
+    def compute(key: str) -> str:
+        calls.append(key)
+        return key.upper()
+
+    for key in ("a", "b", "a", "c", "a", "b"):  # c evicts b, the least recently used
+        assert cache.get(key, lambda key=key: compute(key)) == key.upper()
+    assert calls == ["a", "b", "c", "b"]
+
+    def boom() -> str:
+        raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError, match="database gone"):
+        cache.get("d", boom)
+    assert cache.get("d", lambda: "back") == "back"
+    with pytest.raises(ValueError, match="ttl_s > 0"):
+        ReadCache(ttl_s=0)
