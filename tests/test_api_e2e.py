@@ -125,7 +125,9 @@ def test_the_optuna_cli_lists_the_job_studies(server: LiveServer, http: httpx.Cl
 def test_cancel_mid_job_then_resume_to_the_exact_budget(
     server: LiveServer, http: httpx.Client
 ) -> None:
-    job = http.post("/v1/jobs", json=spec("cancel-me", 6)).json()
+    # Digits for 60 epochs a trial: the job still runs when the first trial's event arrives.
+    body = spec("cancel-me", 6, max_epochs=60, dataset={"name": "digits"})
+    job = http.post("/v1/jobs", json=body).json()
     follow(server, job["id"], stop_after="trial")
     cancelled = http.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"

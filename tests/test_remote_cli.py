@@ -16,7 +16,7 @@ from live_server import free_port, live_server
 from specs import tiny_spec
 from typer.testing import CliRunner, Result
 
-from tuner.client import Client, NotFound
+from tuner.client import Client
 from tuner.remote import export_from_server, is_job_id, register
 from tuner.spec import parse_spec
 
@@ -159,7 +159,6 @@ def test_export_from_server_writes_a_runnable_spec(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=NotFound, reason="the server has no report route yet")
 def test_report_writes_the_html_page(
     live: str, watched: tuple[str, Result], tmp_path: Path
 ) -> None:
