@@ -161,17 +161,12 @@ def _check_size(n_rows: int, n_features: int, max_bytes: int, what: str) -> None
 
 def _synthetic_classification(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
     o = _options(spec, _SYNTHETIC_CLASSIFICATION)
-    if o["n_informative"] > o["n_features"]:
-        raise DatasetError(
-            f"n_informative ({o['n_informative']}) must not exceed n_features "
-            f"({o['n_features']}); lower n_informative or raise n_features"
-        )
+    _check_synthetic(o, max_bytes, spec.name)
     if o["n_classes"] > 2 ** o["n_informative"]:
         raise DatasetError(
             f"n_classes ({o['n_classes']}) needs n_informative >= "
             f"{math.ceil(math.log2(o['n_classes']))}; raise n_informative or lower n_classes"
         )
-    _check_size(o["n_samples"], o["n_features"], max_bytes, "synthetic_classification")
     x, y = skdata.make_classification(
         n_samples=o["n_samples"], n_features=o["n_features"], n_informative=o["n_informative"],
         n_redundant=0, n_classes=o["n_classes"], n_clusters_per_class=1,
@@ -180,14 +175,20 @@ def _synthetic_classification(spec: DatasetSpec, root: Path, max_bytes: int) -> 
     return _Raw(x, y, "classification")
 
 
-def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
-    o = _options(spec, _SYNTHETIC_REGRESSION)
+def _check_synthetic(o: dict[str, Any], max_bytes: int, name: str) -> None:
+    """What both generators need: informative features among the features, and a size
+    within the limit."""
     if o["n_informative"] > o["n_features"]:
         raise DatasetError(
             f"n_informative ({o['n_informative']}) must not exceed n_features "
             f"({o['n_features']}); lower n_informative or raise n_features"
         )
-    _check_size(o["n_samples"], o["n_features"], max_bytes, "synthetic_regression")
+    _check_size(o["n_samples"], o["n_features"], max_bytes, name)
+
+
+def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
+    o = _options(spec, _SYNTHETIC_REGRESSION)
+    _check_synthetic(o, max_bytes, spec.name)
     x, y = skdata.make_regression(
         n_samples=o["n_samples"], n_features=o["n_features"], n_informative=o["n_informative"],
         noise=o["noise"], random_state=o["seed"],
