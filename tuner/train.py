@@ -1,6 +1,6 @@
 """The training loop: resolved hyperparameters + model + dataset -> metrics and curves.
 
-A tight loop over pre-loaded tensors: one permutation per epoch, slices as batches,
+A tight loop over pre-loaded tensors: one shuffled copy per epoch, slices as batches,
 one host sync per epoch (the summed loss), evaluation in eval mode under
 ``torch.inference_mode``. Early stopping restores the best epoch's weights; a loss
 that stops being finite raises ``Diverged`` with advice.
@@ -182,11 +182,13 @@ class _Loop:
         x, y, bs = self.data.x_train, self.data.y_train, self.batch_size
         l1, clip = self.hp["l1"], self.hp["grad_clip"]
         self.model.train()
+        # One gather per epoch (a shuffled copy of the split), so batches are views.
         order = torch.randperm(len(x), generator=self.generator, device=x.device)
+        x, y = x[order], y[order]
         total = torch.zeros((), device=x.device)
         for start in range(0, self.rows, bs):
-            idx = order[start : min(start + bs, self.rows)]
-            loss = self.criterion(self.model(x[idx]), y[idx])
+            stop = min(start + bs, self.rows)
+            loss = self.criterion(self.model(x[start:stop]), y[start:stop])
             objective = loss
             if self.penalised:
                 objective = loss + l1 * torch.stack([p.abs().sum() for p in self.penalised]).sum()
@@ -195,7 +197,7 @@ class _Loop:
             if clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
             self.optimizer.step()
-            total += loss.detach() * len(idx)
+            total += loss.detach() * (stop - start)
         if self.schedule is not None:
             self.schedule.step()
         return (total / self.rows).item()
