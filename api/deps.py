@@ -29,27 +29,27 @@ _api_key = APIKeyHeader(
 )
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _keys(request: Request) -> KeyStore:
+async def _keys(request: Request) -> KeyStore:
     return request.app.state.keys
 
 
-def _storage(request: Request) -> RDBStorage:
+async def _storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
-def _artifacts(request: Request) -> ArtifactStore:
+async def _artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts
 
 
-def _principal(
+async def _principal(
     request: Request,
     _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     _header_key: Annotated[str | None, Security(_api_key)],
@@ -67,7 +67,7 @@ PrincipalDep = Annotated[Principal, Depends(_principal)]
 def require(scope: Scope) -> Any:
     """A route dependency that answers 403 unless the caller's key has ``scope``."""
 
-    def check(principal: PrincipalDep) -> None:
+    async def check(principal: PrincipalDep) -> None:
         if not principal.allows(scope):
             have = ", ".join(sorted(principal.scopes)) or "none"
             raise HTTPException(
@@ -85,12 +85,12 @@ Submit = require("submit")
 Admin = require("admin")
 
 
-def current_owner(principal: PrincipalDep) -> str:
+async def current_owner(principal: PrincipalDep) -> str:
     """The owner new jobs and uploads belong to."""
     return principal.owner
 
 
-def _visible_owner(principal: PrincipalDep) -> str | None:
+async def _visible_owner(principal: PrincipalDep) -> str | None:
     """Whose jobs the caller sees: its own, or everyone's (None) with an admin key."""
     return None if principal.is_admin else principal.owner
 

@@ -3,11 +3,13 @@
 A ``before_cursor_execute`` listener on the app's engine sees every statement; each
 request still reads its key (``api_keys``) and its job row (``jobs``: the owner check),
 and only a miss reads the study's tables. The cache's clock is a test-owned counter,
-so expiry is a step of that counter, not a wait.
+so expiry is a step of that counter, not a wait. Answers past ``TTL_S`` are still
+served while one refresh runs; past ``MAX_AGE_S`` a request waits for fresh data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-from api.cache import TTL_S, ReadCache
+from api.cache import MAX_AGE_S, TTL_S, ReadCache
 from tests.secure_app import Service, make_service
 from tests.specs import tiny_spec
 
@@ -118,9 +120,11 @@ def test_a_repeated_request_reads_no_study_tables(setup: Setup) -> None:
 def test_a_finished_trial_or_expiry_gives_fresh_data(setup: Setup) -> None:
     detail, page = f"/v1/jobs/{setup.job}", f"/v1/jobs/{setup.job}/trials"
     assert setup.get(detail)["trials"]["complete"] == 0 and setup.get(page)["items"] == []
-    _tell(setup, 0.7)  # the row is unchanged: reads may lag, by at most the TTL
+    _tell(setup, 0.7)  # the row is unchanged: reads may lag, by at most MAX_AGE_S
     assert setup.get(detail)["trials"]["complete"] == 0 and setup.get(page)["items"] == []
-    setup.clock.now += TTL_S
+    setup.clock.now += TTL_S  # stale: still served, while a refresh runs
+    assert setup.get(detail)["trials"]["complete"] == 0
+    setup.clock.now += MAX_AGE_S  # too old to serve: this request waits for fresh data
     assert setup.get(detail)["trials"]["complete"] == 1
     assert [t["values"] for t in setup.get(page)["items"]] == [[0.7]]
 
@@ -154,7 +158,7 @@ def test_concurrent_identical_requests_compute_once(setup: Setup, path: str) -> 
     setup.seen.tables.clear()
     setup.get(url)
     once = len(setup.seen.study_reads())
-    setup.clock.now += TTL_S
+    setup.clock.now += MAX_AGE_S
     setup.seen.tables.clear()
     setup.seen.gate = threading.Event()  # no study read until every request is past the owner check
     with ThreadPoolExecutor(CONCURRENT) as pool:
@@ -162,6 +166,31 @@ def test_concurrent_identical_requests_compute_once(setup: Setup, path: str) -> 
     assert setup.seen.tables.count("jobs") == CONCURRENT
     assert len(setup.seen.study_reads()) == once
     assert all(a == answers[0] for a in answers)
+
+
+def test_a_stale_answer_is_served_while_one_refresh_runs() -> None:
+    clock = Clock()
+    cache = ReadCache(clock=clock)
+    calls: list[int] = []
+    release = threading.Event()
+
+    def compute() -> int:
+        calls.append(1)
+        if len(calls) > 1:  # the refresh holds until the test lets it go
+            assert release.wait(30)
+        return len(calls)
+
+    async def scenario() -> list[int]:
+        got = [await cache.get("k", compute)]
+        clock.now += TTL_S
+        got += [await cache.get("k", compute) for _ in range(3)]  # one refresh starts
+        clock.now += MAX_AGE_S  # too old now: wait for that refresh, start no other
+        release.set()
+        got.append(await cache.get("k", compute))
+        return got
+
+    assert asyncio.run(scenario()) == [1, 1, 1, 1, 2]
+    assert len(calls) == 2
 
 
 def test_the_cache_is_bounded_and_keeps_no_failure() -> None:
@@ -172,15 +201,41 @@ def test_the_cache_is_bounded_and_keeps_no_failure() -> None:
         calls.append(key)
         return key.upper()
 
-    for key in ("a", "b", "a", "c", "a", "b"):  # c evicts b, the least recently used
-        assert cache.get(key, lambda key=key: compute(key)) == key.upper()
-    assert calls == ["a", "b", "c", "b"]
-
     def boom() -> str:
         raise RuntimeError("database gone")
 
-    with pytest.raises(RuntimeError, match="database gone"):
-        cache.get("d", boom)
-    assert cache.get("d", lambda: "back") == "back"
-    with pytest.raises(ValueError, match="ttl_s > 0"):
+    async def scenario() -> None:
+        for key in ("a", "b", "a", "c", "a", "b"):  # c evicts b, the least recently used
+            assert await cache.get(key, lambda key=key: compute(key)) == key.upper()
+        with pytest.raises(RuntimeError, match="database gone"):
+            await cache.get("d", boom)
+        assert await cache.get("d", lambda: "back") == "back"
+
+    asyncio.run(scenario())
+    assert calls == ["a", "b", "c", "b"]
+    with pytest.raises(ValueError, match="ttl_s <= max_age_s"):
         ReadCache(ttl_s=0)
+    with pytest.raises(ValueError, match="ttl_s <= max_age_s"):
+        ReadCache(ttl_s=3, max_age_s=2)
+
+
+def test_the_dashboards_study_detail_is_cached_gzipped_behind_the_admin_check(
+    tmp_path: Path,
+) -> None:
+    service = make_service(tmp_path)
+    study = optuna.create_study(study_name="plain", storage=service.app.state.storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+    admin = service.client(service.key("root", "admin"))
+    path = f"/api/studies/{study._study_id}"
+
+    zipped = admin.get(path, headers={"Accept-Encoding": "gzip"})
+    assert zipped.status_code == 200 and zipped.headers["content-encoding"] == "gzip"
+    assert len(zipped.json()["trials"]) == 4  # the client inflated it
+    plain = admin.get(path, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.json() == zipped.json()
+    assert len(admin.get(f"{path}?after=3").json()["trials"]) == 1  # the query is in the key
+    assert admin.get("/api/studies/999").status_code == 404
+
+    reader = service.client(service.key("alice", "read"))
+    assert reader.get(path).status_code == 403  # the Guard answers before the cache
+    assert service.client().get(path).status_code == 401
