@@ -71,12 +71,14 @@ from tuner.spec import (
     StudySpec,
     Task,
 )
+from tuner.trial_attrs import set_user_attrs
 
 __all__ = [
     "CNN",
     "MLP",
     "Cancelled",
     "Objective",
+    "ResultHook",
     "evaluate",
     "fit",
     "get_objective",
@@ -293,6 +295,8 @@ def load_data(
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
+ResultHook = Callable[[optuna.Trial, train.TrainResult, dict[str, Any], list[float]], None]
+"""``on_result(trial, result, hp, values)``: a finished training, its objective values."""
 
 
 def fit(
@@ -322,20 +326,18 @@ def evaluate(
     data_root: str | Path | None = None,
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] | None = None,
-    on_result: Callable[[optuna.Trial, train.TrainResult, dict[str, Any]], None] | None = None,
+    on_result: ResultHook | None = None,
 ) -> float | list[float]:
     """The Optuna objective: suggest, train with per-epoch pruning, return the metrics.
 
     Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task`` and
     ``dataset_fingerprint`` as trial user attributes (``fail_reason`` on divergence).
-    ``on_result(trial, result, hp)`` sees a finished training while the trial still
-    runs (workers keep the weights with it).
+    ``on_result(trial, result, hp, values)`` sees a finished training with finite values
+    while the trial still runs (workers keep the weights with it).
     """
     data = load_data(spec, data_root, device)
     hp = suggest(trial, resolve_space(spec, get_objective(spec.objective), data.task))
-    trial.set_user_attr("hp", hp)
-    trial.set_user_attr("task", data.task)
-    trial.set_user_attr("dataset_fingerprint", data.fingerprint)
+    set_user_attrs(trial, {"hp": hp, "task": data.task, "dataset_fingerprint": data.fingerprint})
     metrics = resolved_metrics(spec, data.task)
     monitor = _monitor(metrics[0])
     prunable = len(metrics) == 1 and monitor is not None
@@ -354,20 +356,24 @@ def evaluate(
     try:
         result = fit(spec, hp, data, device, on_epoch)
     except (optuna.TrialPruned, Cancelled, train.Diverged) as exc:
-        trial.set_user_attr("curves", curves)
-        trial.set_user_attr("epochs_run", len(curves["train_loss"]))
+        ended: dict[str, Any] = {"curves": curves, "epochs_run": len(curves["train_loss"])}
         if isinstance(exc, train.Diverged):
-            trial.set_user_attr("fail_reason", str(exc))
+            ended["fail_reason"] = str(exc)
+        set_user_attrs(trial, ended)
         raise
-    trial.set_user_attr("metrics", result.metrics)
-    trial.set_user_attr("curves", result.curves)
-    trial.set_user_attr("epochs_run", int(result.metrics["epochs_run"]))
+    ended = {
+        "metrics": result.metrics, "curves": result.curves,
+        "epochs_run": int(result.metrics["epochs_run"]),
+    }
     missing = [m.name for m in metrics if m.name not in result.metrics]
     if missing:
+        set_user_attrs(trial, ended)
         raise SpecError(f"training did not produce {', '.join(missing)}")
     values = [float(result.metrics[m.name]) for m in metrics]
-    if not all(math.isfinite(v) for v in values):
-        trial.set_user_attr("fail_reason", f"metric is not a number: {values}")
-    elif on_result is not None:
-        on_result(trial, result, hp)
+    finite = all(math.isfinite(v) for v in values)
+    if not finite:
+        ended["fail_reason"] = f"metric is not a number: {values}"
+    set_user_attrs(trial, ended)
+    if finite and on_result is not None:
+        on_result(trial, result, hp, values)
     return values[0] if len(values) == 1 else values
