@@ -125,6 +125,13 @@ def test_worker_keeps_weights_of_the_top_k_trials_only(
     best = load_file(str(settings.artifact_root / get_all_artifact_meta(
         ranked_trials(study)[0], storage=store.storage)[0].artifact_id))
     assert best and all(t.numel() > 0 for t in best.values())
+    # Only trials in the top 2 of what had completed when they finished were uploaded.
+    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    entered = {t.number for i, t in enumerate(done) if sum(
+        (sign * u.value, u.number) < (sign * t.value, t.number) for u in done[:i]) < 2}
+    uploaded = {t.number for t in done if get_all_artifact_meta(t, storage=store.storage)}
+    assert uploaded == entered
 
 
 

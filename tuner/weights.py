@@ -11,6 +11,8 @@ import contextlib
 import json
 import math
 import tempfile
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.study import StudyDirection
 from safetensors.torch import save_file
 
 from tuner.engine import ranked_trials
@@ -43,13 +46,44 @@ def save_model(result: TrainResult, path: str | Path, hp: dict[str, Any]) -> Pat
     return path
 
 
+@cache
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """This process's folder for the file ``upload_artifact`` copies (removed at exit).
+
+    One for the process, not one per trial: creating and removing a folder waits on the
+    file system's journal, tens of milliseconds on a busy disk, for every trial.
+    """
+    return tempfile.TemporaryDirectory(prefix="tuner-weights-")
+
+
 def upload_weights(
     trial: optuna.Trial, result: TrainResult, hp: dict[str, Any], store: FileSystemArtifactStore
 ) -> None:
     """Attach the trial's weights to it (Optuna accepts artifacts only while it runs)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = save_model(result, Path(folder) / f"trial-{trial.number}{SUFFIX}", hp)
+    path = Path(_scratch().name) / f"trial-{trial.number}{SUFFIX}"
+    try:
+        save_model(result, path, hp)
         upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def in_top_k(study: optuna.Study, values: Sequence[float], number: int, k: int) -> bool:
+    """Whether trial ``number`` would rank among the best ``k`` if it completed now with
+    ``values`` (the order of ``ranked_trials``).
+
+    Weights of a trial that would not are not worth uploading: ``keep_top_k`` would drop
+    them at once, and with one metric the ``k`` completed trials ranked above it stay
+    above it. With several metrics the Pareto front can change under it: always True.
+    """
+    if len(study.directions) > 1:
+        return True
+    ranked = ranked_trials(study)
+    if len(ranked) < k:
+        return True
+    kth = ranked[k - 1]
+    sign = 1.0 if study.directions[0] == StudyDirection.MINIMIZE else -1.0
+    return (sign * values[0], number) < (sign * kth.values[0], kth.number)
 
 
 def keep_top_k(

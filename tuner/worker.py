@@ -15,6 +15,7 @@ SIGTERM or SIGINT: take no new work, stop the running trial after its current ep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -35,11 +36,11 @@ from tuner import engine as optuna_engine
 from tuner.data import DatasetError
 from tuner.jobs import Claim, JobStore
 from tuner.logs import configure_logging
-from tuner.objective import Cancelled, evaluate
+from tuner.objective import Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import Diverged, TrainResult
-from tuner.weights import keep_top_k, upload_weights
+from tuner.weights import in_top_k, keep_top_k, upload_weights
 
 log = logging.getLogger("tuner.worker")
 
@@ -119,6 +120,7 @@ class Worker:
         self.artifacts = FileSystemArtifactStore(str(settings.artifact_root))
         self.trials_run = 0
         self._current: tuple[int, int | None] | None = None  # (slot id, Optuna trial id)
+        self._uploaded: int | None = None  # number of the claim's trial whose weights are kept
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._studies: dict[str, tuple[StudySpec, optuna.Study]] = {}
@@ -174,6 +176,7 @@ class Worker:
         with self._lock:  # the lease is renewed from the claim on, not just once it runs
             self._current = (claim.slot_id, None)
             self.fenced.clear()
+        self._uploaded = None
         try:
             spec, study = self._study(claim)
         except KeyError:  # the study is gone: the job was deleted
@@ -185,7 +188,7 @@ class Worker:
         stopper = _Stopper(self, claim.job_id)
         try:
             study.optimize(
-                self._objective(claim, spec, stopper), n_trials=1, catch=(Diverged,),
+                self._objective(claim, spec, study, stopper), n_trials=1, catch=(Diverged,),
                 gc_after_trial=False,
             )
         except Cancelled:
@@ -208,7 +211,7 @@ class Worker:
         self._call(lambda: self.store.fail(claim.job_id, str(exc)))
 
     def _objective(
-        self, claim: Claim, spec: StudySpec, stopper: _Stopper
+        self, claim: Claim, spec: StudySpec, study: optuna.Study, stopper: _Stopper
     ) -> Callable[[optuna.Trial], float | list[float]]:
         def objective(trial: optuna.Trial) -> float | list[float]:
             attempt = int(trial.user_attrs.get("attempt", 1))
@@ -219,7 +222,7 @@ class Worker:
             try:
                 return evaluate(
                     spec, trial, data_root=self.settings.data_root, device=self.device,
-                    should_stop=stopper, on_result=self._keep_weights,
+                    should_stop=stopper, on_result=self._keep_weights(study),
                 )
             except Cancelled as exc:
                 trial.set_user_attr("fail_reason", f"interrupted: {stopper.reason or exc}")
@@ -232,8 +235,17 @@ class Worker:
 
         return objective
 
-    def _keep_weights(self, trial: optuna.Trial, result: TrainResult, hp: dict[str, Any]) -> None:
-        upload_weights(trial, result, hp, self.artifacts)
+    def _keep_weights(self, study: optuna.Study) -> ResultHook:
+        """``on_result``: upload the weights of a trial that enters the job's top k."""
+
+        def keep(
+            trial: optuna.Trial, result: TrainResult, hp: dict[str, Any], values: list[float]
+        ) -> None:
+            if in_top_k(study, values, trial.number, self.settings.top_k_models):
+                upload_weights(trial, result, hp, self.artifacts)
+                self._uploaded = trial.number
+
+        return keep
 
     def _trial_id(self) -> int | None:
         with self._lock:
@@ -255,16 +267,14 @@ class Worker:
 
         if self._call(settle) is False:
             log.warning("slot %s was reaped meanwhile; its result does not count", claim.slot_id)
-        elif release is None and trial_id is not None:
-            self._call(lambda: self._drop_weights_outside_top_k(claim, trial_id))
+        elif release is None and self._uploaded is not None:
+            number = self._uploaded
+            self._call(lambda: self._drop_weights_outside_top_k(claim, number))
 
-    def _drop_weights_outside_top_k(self, claim: Claim, trial_id: int) -> None:
-        try:
-            number = self.storage.get_trial(trial_id).number
-        except KeyError:  # deleted with its job
-            return
+    def _drop_weights_outside_top_k(self, claim: Claim, number: int) -> None:
         _, study = self._study(claim)
-        keep_top_k(study, self.artifacts, self.settings.top_k_models, number)
+        with contextlib.suppress(KeyError):  # the study was deleted with its job
+            keep_top_k(study, self.artifacts, self.settings.top_k_models, number)
 
     def _call(self, fn: Callable[[], Any], tries: int = 5) -> Any:
         """Retry a store call through transient database errors (the slot's lease waits)."""
