@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.artifacts = artifact_store
     app.state.read_cache = ReadCache()  # job detail and trial pages (api.cache)
+    app.state.job_rows = ReadCache(ttl_s=0, max_age_s=0)  # shared row reads (api.deps)
     errors.install(app)
     for module in (jobs, trials, events, artifacts, reports, uploads, catalog, keys, metrics):
         app.include_router(module.router, responses=GUARDED)

@@ -20,7 +20,7 @@ with the job's id and its row's version (:func:`job_version`): any change to the
 such as a trial finishing, makes a new key at once.
 
 The routes using it are ``async``: a hit never leaves the event loop; computations run
-in the loop's default executor, apart from the thread pool of the sync routes.
+on the cache's own threads, apart from the thread pool of the sync routes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Annotated, Any, TypeVar, cast
 
@@ -55,7 +55,12 @@ def job_version(job: Job) -> tuple[str, datetime, int, int]:
 class ReadCache:
     """Answers by key (for the routes: the bytes to send): fresh for ``ttl_s``, served
     while one refresh runs up to ``max_age_s``, computed once per miss, at most
-    ``max_entries`` kept."""
+    ``max_entries`` kept. With ``max_age_s=0`` nothing is kept: only calls in flight
+    are shared.
+
+    Computations run on its own ``workers`` threads, so slow ones (a big study's
+    dashboard answer) never hold up another cache's quick ones (a key check).
+    """
 
     def __init__(
         self,
@@ -63,10 +68,11 @@ class ReadCache:
         max_age_s: float = MAX_AGE_S,
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        workers: int = 4,
     ) -> None:
-        if not 0 < ttl_s <= max_age_s or max_entries < 1:
+        if not 0 <= ttl_s <= max_age_s or max_entries < 1:
             raise ValueError(
-                "a read cache needs 0 < ttl_s <= max_age_s and max_entries >= 1, not "
+                "a read cache needs 0 <= ttl_s <= max_age_s and max_entries >= 1, not "
                 f"{ttl_s}, {max_age_s} and {max_entries}"
             )
         self._ttl_s = ttl_s
@@ -76,6 +82,7 @@ class ReadCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self._pending: dict[Hashable, Future[Any]] = {}
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="read-cache")
 
     async def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         """The answer for ``key``: cached while fresh enough, else ``compute()``'s (run in
@@ -100,7 +107,7 @@ class ReadCache:
         if pending is None:
             pending = self._pending[key] = Future()
             pending.set_running_or_notify_cancel()
-            asyncio.get_running_loop().run_in_executor(None, self._compute, key, compute, pending)
+            self._executor.submit(self._compute, key, compute, pending)
         return pending
 
     def _compute(self, key: Hashable, compute: Callable[[], T], pending: Future[T]) -> None:
@@ -113,10 +120,11 @@ class ReadCache:
             return
         with self._lock:
             del self._pending[key]
-            self._entries[key] = (self._clock(), value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            if self._max_age_s > 0:  # else nothing is kept: only calls in flight are shared
+                self._entries[key] = (self._clock(), value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max_entries:
+                    self._entries.popitem(last=False)
         pending.set_result(value)
 
 

@@ -59,7 +59,9 @@ class StudyDetailCache:
     def __init__(self, app: ASGIApp, wsgi_app: Any) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.cache = ReadCache(ttl_s=TTL_S, max_age_s=MAX_AGE_S, max_entries=MAX_ENTRIES)
+        self.cache = ReadCache(
+            ttl_s=TTL_S, max_age_s=MAX_AGE_S, max_entries=MAX_ENTRIES, workers=2
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

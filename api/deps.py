@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import RDBStorage
 
+from api.cache import ReadCache
 from tuner.jobs import Job, JobStore
 from tuner.keys import KeyStore, Principal, Scope
 from tuner.settings import Settings
@@ -107,8 +108,12 @@ JobId = Annotated[
 ]
 
 
-def _job(job_id: JobId, store: StoreDep, owner: VisibleOwner) -> Job:
-    return store.get(job_id, owner=owner)
+async def _job(request: Request, job_id: JobId, store: StoreDep, owner: VisibleOwner) -> Job:
+    """Concurrent requests for the same job by the same owner share one row read (the
+    owner check is part of it); the next request reads anew. With many clients polling
+    one job, that read was most of what a cached answer cost."""
+    job_rows: ReadCache = request.app.state.job_rows
+    return await job_rows.get((job_id, owner), lambda: store.get(job_id, owner=owner))
 
 
 JobDep = Annotated[Job, Depends(_job)]

@@ -31,10 +31,10 @@ import threading
 import time
 from collections import OrderedDict
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.cache import ReadCache
 from tuner.keys import LOCAL, KeyStore, Principal
 from tuner.settings import Settings
 
@@ -113,13 +113,17 @@ class Guard:
         self.keys = keys
         self.settings = settings
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        # Identical checks in flight share one (a database read and a key hash each);
+        # nothing is kept, so a revoked key fails from the next request on.
+        self.checks = ReadCache(ttl_s=0, max_age_s=0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         api = scope["path"] in KEYED_PATHS or scope["path"].startswith("/v1/")
-        principal = await run_in_threadpool(self._authenticate, scope)
+        local, sent = self._local_mode(scope), tuple(credentials(Headers(scope=scope))[:2])
+        principal = await self.checks.get((local, sent), lambda: self._authenticate(local, sent))
         client = scope.get("client")
         key_id = principal.key_id if principal else None
         caller = f"key:{key_id}" if key_id else f"addr:{client[0] if client else '?'}"
@@ -162,11 +166,11 @@ class Guard:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
-    def _authenticate(self, scope: Scope) -> Principal | None:
+    def _authenticate(self, local: bool, sent: tuple[str, ...]) -> Principal | None:
         """The caller, or None when a key is needed and none valid was sent."""
-        if not self.keys.any_exist() and self._local_mode(scope):
+        if local and not self.keys.any_exist():
             return LOCAL
-        for key in credentials(Headers(scope=scope))[:2]:
+        for key in sent:
             if principal := self.keys.verify(key):
                 return principal
         return None
