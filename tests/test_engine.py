@@ -119,6 +119,15 @@ def test_hyperband_runs_up_to_max_epochs() -> None:
     assert pruner._max_resource == 27 and pruner._min_resource == 3
 
 
+def test_the_default_strategy_is_tpe_with_a_constant_liar_and_asha() -> None:
+    spec = StudySpec.model_validate({"name": "d", "dataset": {"name": "iris"}})
+    sampler = engine.make_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar and sampler._n_startup_trials == engine.TPE_STARTUP_TRIALS
+    # Not Hyperband, whose brackets hide each other's trials from TPE.
+    assert isinstance(engine.make_pruner(spec), optuna.pruners.SuccessiveHalvingPruner)
+
+
 def test_a_threshold_nobody_reaches_prunes_every_trial_after_one_epoch(
     sqlite_url: str, make_spec: Spec
 ) -> None:

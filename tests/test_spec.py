@@ -55,7 +55,7 @@ def test_full_design_example_parses_into_typed_dimensions() -> None:
     assert space["l1"] == 0.0
     assert spec.task == "classification"
     assert spec.directions == ["maximize"]
-    assert spec.resolved_pruner.name == "hyperband"
+    assert spec.resolved_pruner.name == "successive_halving"
 
 
 @pytest.mark.parametrize(
