@@ -56,7 +56,10 @@ class ReadCache:
     """Answers by key (for the routes: the bytes to send): fresh for ``ttl_s``, served
     while one refresh runs up to ``max_age_s``, computed once per miss, at most
     ``max_entries`` kept. With ``max_age_s=0`` nothing is kept: only calls in flight
-    are shared.
+    are shared. An answer that took long to compute stays fresh longer: refreshes of one
+    key keep at most ``max_busy`` of a thread busy (fresh for the computation's time
+    over ``max_busy`` when that exceeds ``ttl_s``; served past that by as much as
+    ``max_age_s`` exceeds ``ttl_s``).
 
     Computations run on its own ``workers`` threads, so slow ones (a big study's
     dashboard answer) never hold up another cache's quick ones (a key check).
@@ -69,18 +72,21 @@ class ReadCache:
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
         workers: int = 4,
+        max_busy: float = 1.0,
     ) -> None:
-        if not 0 <= ttl_s <= max_age_s or max_entries < 1:
+        if not 0 <= ttl_s <= max_age_s or max_entries < 1 or not 0 < max_busy <= 1:
             raise ValueError(
-                "a read cache needs 0 <= ttl_s <= max_age_s and max_entries >= 1, not "
-                f"{ttl_s}, {max_age_s} and {max_entries}"
+                "a read cache needs 0 <= ttl_s <= max_age_s, max_entries >= 1 and "
+                f"0 < max_busy <= 1, not {ttl_s}, {max_age_s}, {max_entries} and {max_busy}"
             )
         self._ttl_s = ttl_s
         self._max_age_s = max_age_s
+        self._max_busy = max_busy
         self._max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, float, Any]] = OrderedDict()
+        """key -> (when its computation ended, how long it stays fresh, answer)"""
         self._pending: dict[Hashable, Future[Any]] = {}
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="read-cache")
 
@@ -91,11 +97,12 @@ class ReadCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                age = self._clock() - entry[0]
-                if age < self._max_age_s:
-                    if age >= self._ttl_s:
+                ended, fresh_s, value = entry
+                age = self._clock() - ended
+                if age < fresh_s + self._max_age_s - self._ttl_s:
+                    if age >= fresh_s:
                         self._start(key, compute)
-                    return cast(T, entry[1])
+                    return cast(T, value)
             pending = self._start(key, compute)
         return cast(T, await asyncio.wrap_future(pending))
 
@@ -111,6 +118,7 @@ class ReadCache:
         return pending
 
     def _compute(self, key: Hashable, compute: Callable[[], T], pending: Future[T]) -> None:
+        began = self._clock()
         try:
             value = compute()
         except BaseException as exc:  # every waiter gets it; nothing is kept
@@ -121,7 +129,9 @@ class ReadCache:
         with self._lock:
             del self._pending[key]
             if self._max_age_s > 0:  # else nothing is kept: only calls in flight are shared
-                self._entries[key] = (self._clock(), value)
+                ended = self._clock()
+                fresh_s = max(self._ttl_s, (ended - began) / self._max_busy)
+                self._entries[key] = (ended, fresh_s, value)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self._max_entries:
                     self._entries.popitem(last=False)

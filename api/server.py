@@ -68,12 +68,12 @@ def serve(settings: Settings) -> None:
     if pool is not None:
         pool.start()
     previous = {sig: signal.signal(sig, _note_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    app = create_app(settings)
-    # What is loaded by now (torch, Optuna, the app: ~400,000 objects) lives as long as
-    # the process; left to the collector, each full collection walked all of it and
-    # stopped every request for ~300 ms.
-    gc.freeze()
     try:
+        app = create_app(settings)
+        # What is loaded by now (torch, Optuna, the app: ~400,000 objects) lives as long
+        # as the process; left to the collector, each full collection walked all of it
+        # and stopped every request for ~300 ms.
+        gc.freeze()
         uvicorn.run(
             app,
             host=settings.host,

@@ -209,6 +209,28 @@ def test_concurrent_misses_wait_for_one_computation() -> None:
     assert calls == [1]
 
 
+def test_a_slow_answer_stays_fresh_longer() -> None:
+    clock = Clock()
+    cache = ReadCache(ttl_s=1, max_age_s=2, max_busy=0.25, clock=clock)
+    calls: list[float] = []
+
+    def slow() -> int:  # takes 1 s of the cache's clock: fresh for 4 s
+        calls.append(clock.now)
+        clock.now += 1
+        return len(calls)
+
+    async def scenario() -> list[int]:
+        got = [await cache.get("k", slow)]
+        clock.now += 3.9
+        got.append(await cache.get("k", slow))  # still fresh: nothing computed
+        clock.now += 1.2  # past 4 s + (max_age_s - ttl_s): too old, wait
+        got.append(await cache.get("k", slow))
+        return got
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    assert calls == [0, pytest.approx(6.1)]
+
+
 def test_the_cache_is_bounded_and_keeps_no_failure() -> None:
     cache = ReadCache(max_entries=2, clock=Clock())
     calls: list[str] = []
