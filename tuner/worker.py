@@ -1,7 +1,8 @@
 """Workers: long-lived processes that claim a trial slot, run one trial, and repeat.
 
 A worker imports torch and loads each dataset once, then loops: ``JobStore.claim``
-(fair across jobs, exact budget), run one trial with
+(fair across jobs, exact budget; an idle worker waits for ``jobs.wakeup``), run one
+trial with
 ``study.optimize(objective, n_trials=1)``, ``JobStore.finish`` (or ``release`` when
 interrupted). A background thread renews the slot's lease, retrying through
 transient database errors, and runs the reaper every ``reaper_interval_s``: the
@@ -35,6 +36,7 @@ from sqlalchemy import Engine
 from tuner import engine as optuna_engine
 from tuner.data import DatasetError
 from tuner.jobs import Claim, JobStore
+from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
 from tuner.objective import Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
@@ -133,6 +135,7 @@ class Worker:
         beat.start()
         log.info("worker %s started on %s", self.id, self.device)
         idle = 0
+        wakeup = Wakeup(self.settings.database_url)
         try:
             while not self.stop.is_set():
                 if max_trials is not None and self.trials_run >= max_trials:
@@ -143,13 +146,14 @@ class Worker:
                     log.warning("claim failed, retrying: %s", exc)
                     claim = None
                 if claim is None:
-                    self.stop.wait(idle_wait(idle, self.settings.poll_interval_s))
+                    wakeup.wait(idle_wait(idle, self.settings.poll_interval_s), self.stop)
                     idle += 1
                     continue
                 idle = 0
                 self._run_claim(claim)
                 self.trials_run += 1
         finally:
+            wakeup.close()
             self._done.set()
             beat.join(timeout=self.settings.heartbeat_interval_s + 5)
             try:

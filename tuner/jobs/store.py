@@ -70,6 +70,7 @@ from tuner.jobs.models import (
     WorkerRow,
     utcnow,
 )
+from tuner.jobs.wakeup import notify_work
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 
@@ -133,6 +134,8 @@ def _transition(s: Session, job: Job, action: str, reason: str | None = None) ->
         job.cancel_requested = False
     else:
         job.ended_at = now
+    if target == JobState.queued:
+        notify_work(s)
     _event(s, job, "state", {"state": target.value, "previous": previous, "reason": reason})
     outbox.enqueue(s, job, previous)  # the job's webhook notice commits with its outcome
 
@@ -266,6 +269,7 @@ class JobStore:
                 s.add(job)
                 s.flush()
                 _event(s, job, "state", {"state": "queued", "previous": None, "reason": None})
+                notify_work(s)
         except IntegrityError:
             optuna.delete_study(study_name=study_name, storage=self.storage)
             if idempotency_key is None:
