@@ -16,7 +16,10 @@ value at the budget reached 0.56 in 13 of 14 runs, random search's in 9 of 14, s
 demanding but reachable. (The earlier target, 0.51, was met by random search's first
 few trials in some runs, which measured luck, not search.) An arm that never reaches
 it gets the budget as a censored time, so a ratio against a censored arm is a bound,
-and the notes say how many were censored.
+and the notes say how many were censored. For each seed the arms run back to back,
+their order reversed every other seed, and a figure is the median of the per-seed
+ratios: 7 seeds for the strategies (a run's time to target varies several-fold with
+the machine's load), 5 for the hyperopt pair, which runs after them.
 
 The space is the mlp objective's default (log lr over 3.5 decades, three optimizers,
 weight decay, dropout, batch norm, schedule, loss), with depth, width and batch size
@@ -209,17 +212,28 @@ def run_tuner(
     )
 
 
+Arm = Callable[[Pool, Problem, int, Path], Outcome]
+
+STRATEGY_SEEDS = 7
+"""Seeds of the three strategies in a full run (hyperopt's pair runs ``size.seeds``, 5):
+one seed's time to target varies several-fold with the sampler's luck and the shared
+machine's load, and two more seeds still fit the section in about 9 minutes."""
+
+
 def compare(
-    size: Size, arms: dict[str, Callable[[Pool, Problem, int, Path], Outcome]]
+    size: Size, groups: list[tuple[int, dict[str, Arm]]]
 ) -> tuple[Problem, dict[str, list[Outcome]]]:
-    """Run ``arms`` interleaved over the seeds, sharing one warm worker pool."""
+    """Run each group's arms interleaved over its number of seeds, one group after the
+    other, sharing one warm worker pool; arms are only compared within their group."""
     prob = problem(size)
+    results: dict[str, list[Outcome]] = {}
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp, worker_pool(prob) as pool:
-        results = interleave(
-            range(size.seeds),
-            {name: (lambda seed, arm=arm: arm(pool, prob, seed, Path(tmp))) for name, arm in
-             arms.items()},
-        )
+        for seeds, arms in groups:
+            results |= interleave(
+                range(seeds),
+                {name: (lambda seed, arm=arm: arm(pool, prob, seed, Path(tmp))) for name, arm in
+                 arms.items()},
+            )
     return prob, results
 
 
@@ -259,17 +273,20 @@ def run_hyperopt(pool: Pool, prob: Problem, seed: int, workdir: Path) -> Outcome
 
 def run(size: Size) -> list[Report]:
     """The three strategies with 2 workers, plus hyperopt vs tuner with 1 worker."""
-    arms: dict[str, Callable[[Pool, Problem, int, Path], Outcome]] = {
+    strategies: dict[str, Arm] = {
         name: (lambda pool, prob, seed, tmp, name=name: run_tuner(
             pool, prob, name, seed, tmp, prob.workers))
         for name in STRATEGIES
     }
+    groups = [(size.seeds if size.smoke else max(size.seeds, STRATEGY_SEEDS), strategies)]
     why_not = hyperopt_compare.missing()
     if why_not is None:
-        arms["default, 1 worker"] = lambda pool, prob, seed, tmp: run_tuner(
-            pool, prob, "default", seed, tmp, 1)
-        arms["hyperopt, 1 worker"] = run_hyperopt
-    prob, res = compare(size, arms)
+        groups.append((size.seeds, {
+            "default, 1 worker": lambda pool, prob, seed, tmp: run_tuner(
+                pool, prob, "default", seed, tmp, 1),
+            "hyperopt, 1 worker": run_hyperopt,
+        }))
+    prob, res = compare(size, groups)
     return [_strategies(prob, res), _hyperopt(prob, res, why_not)]
 
 
