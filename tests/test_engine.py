@@ -125,7 +125,26 @@ def test_the_default_strategy_is_tpe_with_a_constant_liar_and_asha() -> None:
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar and sampler._n_startup_trials == engine.TPE_STARTUP_TRIALS
     # Not Hyperband, whose brackets hide each other's trials from TPE.
-    assert isinstance(engine.make_pruner(spec), optuna.pruners.SuccessiveHalvingPruner)
+    pruner = engine.make_pruner(spec)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    # Default max_epochs 20: the first cut after 2 epochs, then 6 and 18.
+    assert pruner._min_resource == 2 and pruner._reduction_factor == 3
+
+
+@pytest.mark.parametrize(("max_epochs", "pruner", "first_cut"), [
+    (27, {}, 3),
+    (5, {}, 1),
+    (27, {"reduction_factor": 2}, 6),
+    (27, {"min_resource": 1}, 1),
+])
+def test_successive_halving_first_cuts_by_max_epochs_unless_told(
+    max_epochs: int, pruner: dict, first_cut: int
+) -> None:
+    spec = StudySpec.model_validate({
+        "name": "s", "dataset": {"name": "iris"}, "budget": {"max_epochs": max_epochs},
+        "pruner": {"name": "successive_halving", **pruner},
+    })
+    assert engine.make_pruner(spec)._min_resource == first_cut
 
 
 def test_a_threshold_nobody_reaches_prunes_every_trial_after_one_epoch(

@@ -164,8 +164,22 @@ def make_sampler(
     raise SpecError(f"unknown sampler {s.name!r}")
 
 
+def asha_min_resource(max_epochs: int, reduction_factor: int) -> int:
+    """Epochs before successive halving's first cut: two cuts before ``max_epochs``
+    (27 -> rungs at 3, 9 and 27 epochs; 20 -> 2, 6, 18).
+
+    Not 1: one epoch's accuracy ranks configurations poorly (slow starters with a small
+    learning rate are cut), and cheap one-epoch trials spend the time on sampling and
+    storage instead. time_to_target pilots (max_epochs 27, 15 s, 2 workers, 24 paired
+    seeds on a loaded 2-core machine): min_resource 3 reached the target before 1 in 16
+    of 24 (median ratio 0.83 with 5 TPE startup trials, 0.88 with 3) in about the same
+    epochs; a modest gain, within the noise of any one run.
+    """
+    return max(1, max_epochs // reduction_factor**2)
+
+
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner (hyperband by default, none for several metrics); epochs are steps."""
+    """The spec's pruner (ASHA by default, none for several metrics); epochs are steps."""
     p = spec.resolved_pruner
     median = optuna.pruners.MedianPruner(
         n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
@@ -173,7 +187,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     match p.name:
         case "hyperband":
             return optuna.pruners.HyperbandPruner(
-                min_resource=p.min_resource, max_resource=spec.budget.max_epochs,
+                min_resource=p.min_resource or 1, max_resource=spec.budget.max_epochs,
                 reduction_factor=p.reduction_factor,
             )
         case "median":
@@ -184,7 +198,9 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             )
         case "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=p.min_resource, reduction_factor=p.reduction_factor
+                min_resource=p.min_resource
+                or asha_min_resource(spec.budget.max_epochs, p.reduction_factor),
+                reduction_factor=p.reduction_factor,
             )
         case "patient":
             return optuna.pruners.PatientPruner(median, patience=p.patience)
