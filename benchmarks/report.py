@@ -53,7 +53,8 @@ def markdown(
         f"optuna-dashboard {info['optuna-dashboard']}, hyperopt {info['hyperopt']}; "
         f"load average at start {info['loadavg_at_start']}.",
         "",
-        f"Each figure is the median over {size.seeds} paired seed(s) of a ratio of two arms "
+        f"Each figure is the median over its paired seeds (at least {size.seeds}; the seeds "
+        "column) of a ratio of two arms "
         "run side by side in this run (arms interleaved, order reversed every other seed), "
         f"with min – max. Whole run: {seconds / 60:.1f} min. Raw data: `{source}`.",
         "",
