@@ -167,6 +167,7 @@ class _Loop:
         )
         self.schedule = make_schedule(self.optimizer, hp["schedule"], epochs=hp["epochs"])
         self.penalised = penalised_params(model) if hp["l1"] > 0 else []
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.generator = torch.Generator(device=data.x_train.device).manual_seed(seed)
         n = len(data.x_train)
         self.batch_size = min(hp["batch_size"], n)
@@ -192,7 +193,8 @@ class _Loop:
             objective = loss
             if self.penalised:
                 objective = loss + l1 * torch.stack([p.abs().sum() for p in self.penalised]).sum()
-            self.optimizer.zero_grad(set_to_none=True)
+            for param in self.params:  # zero_grad(set_to_none=True) without its wrappers
+                param.grad = None
             objective.backward()
             if clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
