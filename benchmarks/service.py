@@ -152,7 +152,7 @@ def trials(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 def small_job(smoke: bool, n_trials: int, seed: int, parallelism: int = 1) -> dict[str, Any]:
     """A job of short, even trials (~0.3 s of training each, the issue's size; far less
     at smoke size): only lr is searched, nothing is pruned."""
-    rows, epochs = (300, 3) if smoke else (4000, 8)
+    rows, epochs = (300, 3) if smoke else (5000, 10)
     return {
         "name": f"bench-{seed}",
         "objective": "mlp",
