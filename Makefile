@@ -32,7 +32,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks
 
 bench-smoke: $(STAMP)

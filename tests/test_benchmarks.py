@@ -83,7 +83,6 @@ def test_each_training_loop_trains_and_is_timed(loop: str) -> None:
 
 
 def test_hyperopt_space_translation_covers_every_distribution() -> None:
-    pytest.importorskip("hyperopt")
     from hyperopt import pyll
     from optuna.distributions import (
         CategoricalDistribution,
