@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from tuner import space as spaces
 from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
+from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import Diverged
@@ -164,20 +165,6 @@ def make_sampler(
     raise SpecError(f"unknown sampler {s.name!r}")
 
 
-def asha_min_resource(max_epochs: int, reduction_factor: int) -> int:
-    """Epochs before successive halving's first cut: two cuts before ``max_epochs``
-    (27 -> rungs at 3, 9 and 27 epochs; 20 -> 2, 6, 18).
-
-    Not 1: one epoch's accuracy ranks configurations poorly (slow starters with a small
-    learning rate are cut), and cheap one-epoch trials spend the time on sampling and
-    storage instead. time_to_target pilots (max_epochs 27, 15 s, 2 workers, 32 paired
-    seeds on a shared 2-core machine): min_resource 3 reached the target before 1 in 21
-    of 32 (median ratio 0.89, 0.17-4.3) and ended with the better best value in 21 of
-    32, in about the same epochs; a modest gain, within the noise of any one run.
-    """
-    return max(1, max_epochs // reduction_factor**2)
-
-
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The spec's pruner (ASHA by default, none for several metrics); epochs are steps."""
     p = spec.resolved_pruner
@@ -187,7 +174,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     match p.name:
         case "hyperband":
             return optuna.pruners.HyperbandPruner(
-                min_resource=p.min_resource or 1, max_resource=spec.budget.max_epochs,
+                min_resource=min_resource(spec), max_resource=spec.budget.max_epochs,
                 reduction_factor=p.reduction_factor,
             )
         case "median":
@@ -198,8 +185,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             )
         case "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=p.min_resource
-                or asha_min_resource(spec.budget.max_epochs, p.reduction_factor),
+                min_resource=min_resource(spec),
                 reduction_factor=p.reduction_factor,
             )
         case "patient":

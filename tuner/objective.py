@@ -54,6 +54,7 @@ from torch import nn
 
 from tuner import data as datasets
 from tuner import models, train
+from tuner.pruning import EpochReporter
 from tuner.space import resolve_space, suggest
 from tuner.spec import (
     CLASSIFICATION_LOSSES,
@@ -71,7 +72,7 @@ from tuner.spec import (
     StudySpec,
     Task,
 )
-from tuner.trial_attrs import set_user_attrs
+from tuner.trial_writes import write
 
 __all__ = [
     "CNN",
@@ -337,11 +338,12 @@ def evaluate(
     """
     data = load_data(spec, data_root, device)
     hp = suggest(trial, resolve_space(spec, get_objective(spec.objective), data.task))
-    set_user_attrs(trial, {"hp": hp, "task": data.task, "dataset_fingerprint": data.fingerprint})
+    write(trial, user_attrs={"hp": hp, "task": data.task, "dataset_fingerprint": data.fingerprint})
     metrics = resolved_metrics(spec, data.task)
     monitor = _monitor(metrics[0])
     prunable = len(metrics) == 1 and monitor is not None
     curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    reporter = EpochReporter(trial, spec)
 
     def on_epoch(epoch: int, values: dict[str, float]) -> None:
         for name, curve in curves.items():
@@ -349,9 +351,7 @@ def evaluate(
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled after epoch {epoch}")
         if prunable:
-            trial.report(values[monitor], epoch)  # type: ignore[index]
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            reporter.report(epoch, values[monitor])  # type: ignore[index]
 
     try:
         result = fit(spec, hp, data, device, on_epoch)
@@ -359,7 +359,7 @@ def evaluate(
         ended: dict[str, Any] = {"curves": curves, "epochs_run": len(curves["train_loss"])}
         if isinstance(exc, train.Diverged):
             ended["fail_reason"] = str(exc)
-        set_user_attrs(trial, ended)
+        reporter.flush(ended)
         raise
     ended = {
         "metrics": result.metrics, "curves": result.curves,
@@ -367,13 +367,13 @@ def evaluate(
     }
     missing = [m.name for m in metrics if m.name not in result.metrics]
     if missing:
-        set_user_attrs(trial, ended)
+        reporter.flush(ended)
         raise SpecError(f"training did not produce {', '.join(missing)}")
     values = [float(result.metrics[m.name]) for m in metrics]
     finite = all(math.isfinite(v) for v in values)
     if not finite:
         ended["fail_reason"] = f"metric is not a number: {values}"
-    set_user_attrs(trial, ended)
+    reporter.flush(ended)
     if finite and on_result is not None:
         on_result(trial, result, hp, values)
     return values[0] if len(values) == 1 else values

@@ -339,7 +339,7 @@ class PrunerSpec(Strict):
     name: PRUNERS = "successive_halving"
     min_resource: int | None = Field(default=None, ge=1)
     """Epochs before the first cut; None: 1 for hyperband, for successive halving
-    ``max_epochs // reduction_factor**2`` (``engine.asha_min_resource``)."""
+    ``max_epochs // reduction_factor**2`` (``pruning.asha_min_resource``)."""
     reduction_factor: int = Field(default=3, ge=2, le=100)
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)
