@@ -9,7 +9,6 @@ Run directly with ``python -m api.server`` (settings from TUNER_* variables).
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from types import FrameType
@@ -18,6 +17,7 @@ import uvicorn
 
 from api.app import create_app
 from api.security import is_loopback
+from tuner.engine import tune_gc
 from tuner.jobs import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.logs import configure_logging
@@ -31,20 +31,6 @@ def _note_stop(signum: int, _: FrameType | None) -> None:
     """uvicorn re-raises the signal that stopped it; this keeps it from killing us
     before the workers are stopped."""
     log.info("received %s; stopping the workers", signal.Signals(signum).name)
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic collector from stopping every request for 100-400 ms.
-
-    What is loaded by now (torch, Optuna, the app: ~400,000 objects) lives as long as
-    the process: frozen, no collection walks it again. Objects that live long later
-    (optuna-dashboard keeps every trial of each study it showed: ~1M objects at 10,000
-    trials) made a full collection start about every second under load; collecting
-    the youngest objects every 50,000 allocations instead of 700, and all of them every
-    100 middle ones instead of 10 took 32 pollers' p99 from 110-240 ms to ~70 here.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class UnsafeBind(RuntimeError):
@@ -84,7 +70,7 @@ def serve(settings: Settings) -> None:
     previous = {sig: signal.signal(sig, _note_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app = create_app(settings)
-        _tune_gc()
+        tune_gc()
         uvicorn.run(
             app,
             host=settings.host,

@@ -52,7 +52,7 @@ from optuna.trial import TrialState
 
 from benchmarks import hyperopt_compare
 from benchmarks.common import Goal, Record, Report, Size, figure, interleave, ratios, stats
-from tuner.engine import create_study, make_pruner, make_sampler, make_storage
+from tuner.engine import create_study, make_pruner, make_sampler, make_storage, tune_gc
 from tuner.objective import Cancelled, evaluate, fit, load_data
 from tuner.spec import StudySpec, parse_spec
 from tuner.train import Diverged, resolve_hp
@@ -142,7 +142,8 @@ def outcome(records: list[Record], target: float, budget_s: float) -> Outcome:
 
 
 def _init_worker(spec_json: str, threads: int) -> None:
-    """Import, set threads and load the data once, as a service worker does."""
+    """Import, set threads, load the data and tune the collector once, as a service
+    worker does."""
     torch.set_num_threads(threads)
     # Trials stopped at the deadline fail on purpose: no tracebacks for them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -150,6 +151,7 @@ def _init_worker(spec_json: str, threads: int) -> None:
     data = load_data(spec, None, "cpu")
     # Lazy imports (metrics) before any clock runs, as in a long-lived worker.
     fit(spec, resolve_hp({"epochs": 1}, data.task), data, "cpu")
+    tune_gc()
 
 
 def _ready(_: int) -> None:

@@ -180,8 +180,8 @@ def test_a_broken_dataset_fails_the_job_with_its_reason(
 def test_cancel_stops_the_running_trial_and_resume_finishes(
     settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
 ) -> None:
-    # 120 epochs: the trial outlasts the worker's once-a-second look at the cancel flag.
-    job, _ = store.create(long_spec(n_trials=2, epochs=120))
+    # 400 epochs (~3 s): the trial outlasts the worker's once-a-second look at the flag.
+    job, _ = store.create(long_spec(n_trials=2, epochs=400))
     stop = threading.Event()
     worker = threading.Thread(target=Worker(settings, stop=stop).run)
     worker.start()

@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import tempfile
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.study import StudyDirection
 from safetensors.torch import save_file
+from sqlalchemy import Engine, and_, func, or_, select
 
 from tuner.engine import ranked_trials
+from tuner.jobs.optuna_tables import trial_values, trials
 from tuner.train import TrainResult
 
 SUFFIX = ".safetensors"
@@ -68,9 +69,10 @@ def upload_weights(
         path.unlink(missing_ok=True)
 
 
-def in_top_k(study: optuna.Study, values: Sequence[float], number: int, k: int) -> bool:
+def in_top_k(engine: Engine, study: optuna.Study, value: float, number: int, k: int) -> bool:
     """Whether trial ``number`` would rank among the best ``k`` if it completed now with
-    ``values`` (the order of ``ranked_trials``).
+    ``value`` (the order of ``ranked_trials``): one count in SQL, so the check does not
+    read the whole study after every trial.
 
     Weights of a trial that would not are not worth uploading: ``keep_top_k`` would drop
     them at once, and with one metric the ``k`` completed trials ranked above it stay
@@ -78,12 +80,18 @@ def in_top_k(study: optuna.Study, values: Sequence[float], number: int, k: int) 
     """
     if len(study.directions) > 1:
         return True
-    ranked = ranked_trials(study)
-    if len(ranked) < k:
-        return True
-    kth = ranked[k - 1]
-    sign = 1.0 if study.directions[0] == StudyDirection.MINIMIZE else -1.0
-    return (sign * values[0], number) < (sign * kth.values[0], kth.number)
+    t, v = trials.c, trial_values.c
+    better = v.value < value if study.direction == StudyDirection.MINIMIZE else v.value > value
+    ahead = (
+        select(func.count())
+        .select_from(trials.join(trial_values, t.trial_id == v.trial_id))
+        .where(
+            t.study_id == study._study_id, t.state == "COMPLETE", v.objective == 0,
+            or_(better, and_(v.value == value, t.number < number)),
+        )
+    )
+    with engine.connect() as conn:
+        return (conn.scalar(ahead) or 0) < k
 
 
 def keep_top_k(

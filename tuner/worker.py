@@ -30,7 +30,7 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine
 
 from tuner import engine as optuna_engine
@@ -190,10 +190,11 @@ class Worker:
             self._fail_job(claim, exc)
             return
         stopper = _Stopper(self, claim.job_id)
+        told: list[FrozenTrial] = []  # the trial as Optuna told it: settled without a read
         try:
             study.optimize(
                 self._objective(claim, spec, study, stopper), n_trials=1, catch=(Diverged,),
-                gc_after_trial=False,
+                gc_after_trial=False, callbacks=[lambda _, trial: told.append(trial)],
             )
         except Cancelled:
             self._settle(claim, release=stopper.reason or "interrupted")
@@ -203,7 +204,7 @@ class Worker:
             log.exception("trial of job %s failed", claim.job_id)
             self._settle(claim, release=None if self._trial_id() else "trial did not start")
         else:
-            self._settle(claim, release=None)
+            self._settle(claim, release=None, told=told[0] if told else None)
         finally:
             with self._lock:
                 self._current = None
@@ -245,7 +246,9 @@ class Worker:
         def keep(
             trial: optuna.Trial, result: TrainResult, hp: dict[str, Any], values: list[float]
         ) -> None:
-            if in_top_k(study, values, trial.number, self.settings.top_k_models):
+            if in_top_k(
+                self.storage.engine, study, values[0], trial.number, self.settings.top_k_models
+            ):
                 upload_weights(trial, result, hp, self.artifacts)
                 self._uploaded = trial.number
 
@@ -255,15 +258,18 @@ class Worker:
         with self._lock:
             return self._current[1] if self._current else None
 
-    def _settle(self, claim: Claim, *, release: str | None) -> None:
-        """Count the trial (``release`` None) or release the slot with that reason."""
+    def _settle(
+        self, claim: Claim, *, release: str | None, told: FrozenTrial | None = None
+    ) -> None:
+        """Count the trial (``release`` None) or release the slot with that reason;
+        ``told`` is the finished trial when Optuna handed it back, else it is read."""
         trial_id = self._trial_id()
 
         def settle() -> bool:
             if release is not None or trial_id is None:
                 return self.store.release(claim.slot_id, release or "trial did not start")
             try:
-                trial = self.storage.get_trial(trial_id)
+                trial = told or self.storage.get_trial(trial_id)
             except KeyError:  # deleted with its job
                 return self.store.finish(claim.slot_id, TrialState.FAIL, None)
             state = trial.state if trial.state.is_finished() else TrialState.FAIL
@@ -348,6 +354,7 @@ def run_worker(
     optuna_engine.configure_torch(1, settings.torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker = Worker(settings, worker_id=worker_id, stop=stop)
+    optuna_engine.tune_gc()  # after the imports and the storage: the process's lifelong part
     if threading.current_thread() is threading.main_thread():
         _handle_signals(worker)
     return worker.run(max_trials)
