@@ -50,8 +50,9 @@ def min_resource(spec: StudySpec) -> int:
     p = spec.resolved_pruner
     if p.min_resource is not None:
         return p.min_resource
-    return 1 if p.name == "hyperband" else asha_min_resource(spec.budget.max_epochs,
-                                                              p.reduction_factor)
+    if p.name == "hyperband":
+        return 1
+    return asha_min_resource(spec.budget.max_epochs, p.reduction_factor)
 
 
 def may_prune(spec: StudySpec) -> Callable[[int], bool]:

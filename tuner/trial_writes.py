@@ -22,6 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import TableClause
 
 __all__ = ["write"]
 
@@ -52,10 +53,10 @@ def write(
             trial.report(value, step)
         return
     # Here, not at the top: tuner.jobs imports the engine, which imports the objective.
-    from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes
+    from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes, trials
 
     with backend.engine.begin() as conn:
-        _lock_running(conn, trial)
+        _lock_running(conn, trials, trial)
         if user_attrs:
             stmt = insert(trial_user_attributes).values([
                 {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
@@ -75,12 +76,10 @@ def write(
     known.update(steps)
 
 
-def _lock_running(conn: Connection, trial: optuna.Trial) -> None:
-    """Raise unless ``trial`` is running; write first, so the trial's row lock
-    (PostgreSQL) or the write lock (SQLite) is taken before anything is read, and a
-    concurrent finish waits or wins outright."""
-    from tuner.jobs.optuna_tables import trials
-
+def _lock_running(conn: Connection, trials: TableClause, trial: optuna.Trial) -> None:
+    """Raise unless ``trial`` is running in Optuna's ``trials`` table; write first, so
+    the trial's row lock (PostgreSQL) or the write lock (SQLite) is taken before
+    anything is read, and a concurrent finish waits or wins outright."""
     running = conn.execute(
         update(trials)
         .where(trials.c.trial_id == trial._trial_id, trials.c.state == "RUNNING")
