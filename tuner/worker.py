@@ -75,7 +75,9 @@ class _Stopper:
         self.worker = worker
         self.job_id = job_id
         self.reason: str | None = None
-        self._checked = 0.0
+        # The claim that started the trial found the job running and in time: the
+        # first read is due a STOP_CHECK_S later, not at the first epoch.
+        self._checked = time.monotonic()
 
     def __call__(self) -> bool:
         if self.worker.stop.is_set():
