@@ -149,10 +149,17 @@ def trials(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
             return out
 
 
-def small_job(smoke: bool, n_trials: int, seed: int, parallelism: int = 1) -> dict[str, Any]:
-    """A job of short, even trials (~0.3 s of training each, the issue's size; far less
-    at smoke size): only lr is searched, nothing is pruned."""
-    rows, epochs = (300, 3) if smoke else (5000, 10)
+TRIAL_S = 0.3
+"""Seconds of training per trial that the service benchmarks are sized for (the issue's)."""
+
+
+def small_job(
+    smoke: bool, n_trials: int, seed: int, parallelism: int = 1, epochs: int | None = None
+) -> dict[str, Any]:
+    """A job of short, even trials (see ``trial_epochs`` for their length; far less at
+    smoke size): only lr is searched, nothing is pruned."""
+    rows, default_epochs = (300, 3) if smoke else (5000, 10)
+    epochs = epochs or default_epochs
     return {
         "name": f"bench-{seed}",
         "objective": "mlp",
@@ -179,3 +186,16 @@ def warm(started: dict[int, Server], smoke: bool) -> None:
     for server in started.values():
         with httpx.Client(base_url=server.url, timeout=60) as client:
             run_job(client, small_job(smoke, server.workers, 0, parallelism=server.workers))
+
+
+def trial_epochs(server: Server, smoke: bool) -> int:
+    """Epochs that make ``small_job``'s trials train for about ``TRIAL_S`` on this
+    machine as it is now, measured through ``server``: a fixed size drifts with the
+    machine (10 epochs took 0.13 s on a quiet day, 0.33 s on a loaded one)."""
+    probe = small_job(smoke, 3, 0)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        _, job_id = run_job(client, probe)
+        done = trials(client, job_id)
+    per_epoch = sorted(t["metrics"]["train_seconds"] / t["metrics"]["epochs_run"] for t in done)
+    target = TRIAL_S / 10 if smoke else TRIAL_S
+    return max(1, round(target / per_epoch[len(per_epoch) // 2]))

@@ -3,6 +3,9 @@ sum of those trials' pure training time (``metrics.train_seconds``).
 
 Two arms, interleaved per seed:
 
+The job's trials are sized when the section starts (``service.trial_epochs``) to train
+about 0.3 s each, the issue's size, whatever the machine's speed that day.
+
 - ``service``: a real ``tuner serve`` (uvicorn on 127.0.0.1, one embedded worker,
   temporary SQLite, shipped defaults) takes the job by ``POST /v1/jobs``; the clock
   runs from the POST until a ``GET /v1/jobs/{id}`` shows it succeeded.
@@ -26,7 +29,7 @@ import optuna
 from sqlalchemy import Engine, event
 
 from benchmarks.common import SMOKE, Goal, Report, Size, figure, interleave, ratios, stats
-from benchmarks.service import Server, run_job, small_job, trials
+from benchmarks.service import TRIAL_S, Server, run_job, small_job, trial_epochs, trials
 from tuner.engine import configure_torch
 from tuner.jobs import JobStore, make_engine, migrate
 from tuner.settings import Settings
@@ -38,9 +41,9 @@ def n_trials(size: Size) -> int:
     return 3 if size.smoke else 20
 
 
-def _service(server: Server, size: Size, seed: int) -> dict[str, float]:
+def _service(server: Server, size: Size, seed: int, epochs: int) -> dict[str, float]:
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        wall, job_id = run_job(client, small_job(size.smoke, n_trials(size), seed))
+        wall, job_id = run_job(client, small_job(size.smoke, n_trials(size), seed, epochs=epochs))
         done = trials(client, job_id)
     return {
         "wall_s": wall,
@@ -67,14 +70,14 @@ def counting_commits(*engines: Engine) -> Iterator[list[int]]:
             event.remove(engine, "commit", fn)
 
 
-def _in_process(tmp: Path, size: Size, seed: int) -> dict[str, float]:
+def _in_process(tmp: Path, size: Size, seed: int, epochs: int | None = None) -> dict[str, float]:
     tmp.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{tmp / f'worker-{seed}.db'}"
     migrate(url)
     settings = Settings(database_url=url, workers=1)
     configure_torch(1, settings.torch_threads)  # as run_worker does
     jobs_engine = make_engine(url)
-    spec = parse_spec(small_job(size.smoke, n_trials(size), seed))
+    spec = parse_spec(small_job(size.smoke, n_trials(size), seed, epochs=epochs))
     worker = Worker(settings, engine=jobs_engine)
     with counting_commits(jobs_engine, worker.storage.engine) as commits:
         started = time.perf_counter()
@@ -97,14 +100,17 @@ def _in_process(tmp: Path, size: Size, seed: int) -> dict[str, float]:
 
 def run(size: Size, servers: dict[int, Server]) -> list[Report]:
     server = servers[1]
+    epochs = trial_epochs(server, size.smoke)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         _in_process(Path(tmp) / "warm", SMOKE, 0)  # lazy imports, as a long-lived worker
         res = interleave(range(size.seeds), {
-            "service": lambda seed: _service(server, size, seed),
-            "in_process_worker": lambda seed: _in_process(Path(tmp), size, seed),
+            "service": lambda seed: _service(server, size, seed, epochs),
+            "in_process_worker": lambda seed: _in_process(Path(tmp), size, seed, epochs),
         })
     report = Report("service_overhead", "Service overhead: wall time / pure training time")
-    report.details = {"n_trials": n_trials(size), "job": small_job(size.smoke, 1, 0), "runs": res}
+    report.details = {
+        "n_trials": n_trials(size), "job": small_job(size.smoke, 1, 0, epochs=epochs), "runs": res,
+    }
 
     def col(arm: str, key: str) -> list[float]:
         return [r[key] for r in res[arm]]
@@ -127,8 +133,12 @@ def run(size: Size, servers: dict[int, Server]) -> list[Report]:
     optuna_commits = stats(col("in_process_worker", "optuna_commits_per_trial"))
     report.details["commits_per_trial"] = {"job_store": job_commits.__dict__,
                                            "optuna": optuna_commits.__dict__}
-    report.notes.append(
+    per_trial = stats([t / n for t, n in zip(svc_train, col("service", "trials"), strict=True)])
+    report.notes += [
         f"SQLite commits per trial (in-process worker, median): job store "
-        f"{job_commits.median:.1f}, Optuna {optuna_commits.median:.1f}."
-    )
+        f"{job_commits.median:.1f}, Optuna {optuna_commits.median:.1f}.",
+        f"Trials of {epochs} epochs, sized at the start of the section to train "
+        f"{TRIAL_S:g} s each; through the service they trained {per_trial.median:.3f} s "
+        f"(median; {per_trial.min:.3f}-{per_trial.max:.3f}).",
+    ]
     return [report]
