@@ -5,10 +5,11 @@ wall-clock budget and workers.
 The objective is a hard synthetic classification (10,000 rows, 12 classes, low class
 separation, 15% flipped labels) trained by tuner's own objective
 (``tuner.objective.evaluate``), sized as the issue asks: a full 27-epoch trial takes
-about 1-3 s on one core. Each arm is a fresh SQLite study shared by two worker
-processes (long-lived, as the service's workers are: torch imported and data loaded
-before the clock starts), each running ``study.optimize`` until the deadline; a trial
-still running at the deadline is stopped between epochs and does not count.
+about 1-3 s on one core (less on a quiet day; the notes give each run's size). Each
+arm is a fresh SQLite study shared by two worker processes (long-lived, as the
+service's workers are: torch imported and data loaded before the clock starts), each
+running ``study.optimize`` until the deadline; a trial still running at the deadline
+is stopped between epochs and does not count.
 
 Time to target is when the first completed trial reaches ``target`` validation
 accuracy, from the moment the workers are given the study. The target is random
@@ -305,10 +306,14 @@ def _col(res: dict[str, list[Outcome]], arm: str, key: str) -> list[float]:
 def _strategies(prob: Problem, res: dict[str, list[Outcome]]) -> Report:
     report = Report("time_to_target", "Time to target: TPE + ASHA vs no pruning, 2 workers")
     report.details = describe(prob, {k: v for k, v in res.items() if k in STRATEGIES})
-    report.notes.append(
+    full_trial = stats([prob.workers * prob.budget_s / o.trials for o in res["random"]])
+    report.notes += [
         f"Target val_accuracy >= {prob.target} on synthetic_classification {prob.options}, "
-        f"{prob.budget_s:g} s budget, {prob.workers} worker processes sharing one SQLite study."
-    )
+        f"{prob.budget_s:g} s budget, {prob.workers} worker processes sharing one SQLite study.",
+        f"Trial size in this run: random search's trials (all full, {prob.max_epochs} epochs) "
+        f"took about {full_trial.median:.2f} s each (workers x budget / trials; median over "
+        f"seeds, {full_trial.min:.2f}-{full_trial.max:.2f}).",
+    ]
 
     def col(arm: str, key: str) -> list[float]:
         return _col(res, arm, key)
