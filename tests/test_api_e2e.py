@@ -125,8 +125,12 @@ def test_the_optuna_cli_lists_the_job_studies(server: LiveServer, http: httpx.Cl
 def test_cancel_mid_job_then_resume_to_the_exact_budget(
     server: LiveServer, http: httpx.Client
 ) -> None:
-    # Digits for 60 epochs a trial: the job still runs when the first trial's event arrives.
-    body = spec("cancel-me", 6, max_epochs=60, dataset={"name": "digits"})
+    # Digits for 150 epochs a trial, without early stopping: a trial takes seconds even
+    # on a fast day, so the job still runs when the first trial's event arrives.
+    body = spec(
+        "cancel-me", 6, max_epochs=150, dataset={"name": "digits"},
+        search_space={**TINY_SPACE, "batch_size": 32, "epochs": 150, "patience": 0},
+    )
     job = http.post("/v1/jobs", json=body).json()
     follow(server, job["id"], stop_after="trial")
     cancelled = http.post(f"/v1/jobs/{job['id']}/cancel")

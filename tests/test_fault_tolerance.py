@@ -199,7 +199,7 @@ def test_a_frozen_worker_that_comes_back_after_its_retry_changes_nothing(
 @pytest.mark.slow
 def test_chaos_demo_ends_with_the_exact_budget(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--workers", "2", "--trials", "4", "--epochs", "40",
+        [sys.executable, str(SCRIPT), "--workers", "2", "--trials", "4", "--epochs", "200",
          "--timeout", "240"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
