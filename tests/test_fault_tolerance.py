@@ -77,7 +77,9 @@ def start_service(cluster: Cluster) -> None:
 
 
 def submit(http: httpx.Client, name: str, n_trials: int) -> dict[str, object]:
-    answer = http.post("/v1/jobs", json=spec(name, n_trials, epochs=60),
+    # 150 epochs of digits: about a second a trial on a quiet machine, so the tests can
+    # catch one running.
+    answer = http.post("/v1/jobs", json=spec(name, n_trials, epochs=150),
                        headers={"Idempotency-Key": f"key-{name}"})
     assert answer.status_code in (200, 201), answer.text
     return answer.json()
