@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from tuner.data import Dataset, load_dataset
 from tuner.losses import LOSSES, make_loss
 from tuner.metrics import predict
 from tuner.models import build_cnn, build_mlp
-from tuner.optim import penalised_params
+from tuner.optim import make_optimizer, penalised_params
 from tuner.spec import (
     CLASSIFICATION_LOSSES,
     CLASSIFICATION_METRICS,
@@ -121,6 +122,38 @@ def test_weight_decay_shrinks_weights(reg: Dataset) -> None:
     plain = weights(fit(reg, hp)).norm()
     decayed = weights(fit(reg, {**hp, "weight_decay": 0.1})).norm()
     assert decayed < 0.9 * plain
+
+
+def test_decay_acts_on_weights_alone_and_without_it_one_group_steps_the_same() -> None:
+    adamw = {"name": "adamw", **BRANCH_DEFAULTS["optimizer"]["adamw"]}
+    model = build_mlp(8, 3, depth=2, width=16, dropout=0.0, batch_norm=True)
+    trainable = {id(p) for p in model.parameters()}
+    decayed = make_optimizer(model, adamw, lr=0.01, weight_decay=0.1)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in decayed.param_groups}
+    assert by_decay[0.1] == {id(p) for p in penalised_params(model)}
+    assert by_decay[0.1] | by_decay[0.0] == trainable and not by_decay[0.1] & by_decay[0.0]
+
+    def steps(optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = build_mlp(8, 3, depth=2, width=16, dropout=0.0, batch_norm=False)
+        opt = optimizer(net)
+        x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+        for _ in range(5):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    one = make_optimizer(model, adamw, lr=0.01, weight_decay=0.0)
+    (group,) = one.param_groups
+    assert {id(p) for p in group["params"]} == trainable
+    # The same steps as weights and the rest in two groups without decay, bit for bit.
+    grouped = steps(lambda net: torch.optim.AdamW([
+        {"params": penalised_params(net)},
+        {"params": [p for p in net.parameters() if p.ndim < 2]},
+    ], lr=0.01, weight_decay=0.0, fused=True))
+    single = steps(lambda net: make_optimizer(net, adamw, lr=0.01, weight_decay=0.0))
+    assert all(torch.equal(a, b) for a, b in zip(grouped, single, strict=True))
 
 
 def test_l1_makes_weights_sparser(cls: Dataset) -> None:
