@@ -7,6 +7,7 @@ worker), on a temporary SQLite database each, so the figures are what a user get
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -188,12 +189,14 @@ def warm(started: dict[int, Server], smoke: bool) -> None:
             run_job(client, small_job(smoke, server.workers, 0, parallelism=server.workers))
 
 
-def trial_epochs(server: Server, smoke: bool) -> int:
+@functools.cache
+def trial_epochs(url: str, smoke: bool) -> int:
     """Epochs that make ``small_job``'s trials train for about ``TRIAL_S`` on this
-    machine as it is now, measured through ``server``: a fixed size drifts with the
-    machine (10 epochs took 0.13 s on a quiet day, 0.33 s on a loaded one)."""
+    machine as it is during the run, measured once through the server at ``url``: a
+    fixed size drifts with the machine (10 epochs took 0.13 s on a quiet day, 0.33 s on
+    a loaded one)."""
     probe = small_job(smoke, 3, 0)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60) as client:
         _, job_id = run_job(client, probe)
         done = trials(client, job_id)
     per_epoch = sorted(t["metrics"]["train_seconds"] / t["metrics"]["epochs_run"] for t in done)

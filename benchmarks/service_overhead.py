@@ -1,10 +1,8 @@
 """Service overhead: wall time of N short trials through the service, divided by the
 sum of those trials' pure training time (``metrics.train_seconds``).
 
-Two arms, interleaved per seed:
-
-The job's trials are sized when the section starts (``service.trial_epochs``) to train
-about 0.3 s each, the issue's size, whatever the machine's speed that day.
+The job's trials are sized (``service.trial_epochs``) to train about 0.3 s each, the
+issue's size, whatever the machine's speed that day. Two arms, interleaved per seed:
 
 - ``service``: a real ``tuner serve`` (uvicorn on 127.0.0.1, one embedded worker,
   temporary SQLite, shipped defaults) takes the job by ``POST /v1/jobs``; the clock
@@ -100,7 +98,7 @@ def _in_process(tmp: Path, size: Size, seed: int, epochs: int | None = None) -> 
 
 def run(size: Size, servers: dict[int, Server]) -> list[Report]:
     server = servers[1]
-    epochs = trial_epochs(server, size.smoke)
+    epochs = trial_epochs(server.url, size.smoke)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         _in_process(Path(tmp) / "warm", SMOKE, 0)  # lazy imports, as a long-lived worker
         res = interleave(range(size.seeds), {

@@ -3,9 +3,9 @@
 Two real ``tuner serve`` processes with the shipped defaults (threads per worker
 included), one with 1 worker and one with 2, each on its own SQLite file; per seed
 both get the same job of short trials (``parallelism`` = their worker count), one
-after the other, while the other server idles. Trials are sized as in
-``service_overhead``: about 0.3 s of training on the 1-worker server. Trials per minute
-count from the POST to seeing the job succeeded.
+after the other, while the other server idles. Trials are sized by the same probe as
+``service_overhead``'s: about 0.3 s of training on the 1-worker server. Trials per
+minute count from the POST to seeing the job succeeded.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def trials_per_minute(server: Server, size: Size, seed: int, epochs: int) -> flo
 
 
 def run(size: Size, servers: dict[int, Server]) -> list[Report]:
-    epochs = trial_epochs(servers[1], size.smoke)
+    epochs = trial_epochs(servers[1].url, size.smoke)
     res = interleave(range(size.seeds), {
         f"{n} worker(s)": (lambda seed, s=s: trials_per_minute(s, size, seed, epochs))
         for n, s in sorted(servers.items())
