@@ -61,12 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     artifact_store = FileSystemArtifactStore(settings.artifact_root)
 
     deliverer = Deliverer(engine, settings)
+    dashboard = dashboard_app(storage, artifact_store, settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         deliverer.start()  # webhook notices from the outbox (tuner.webhooks)
         yield
         deliverer.stop()
+        dashboard.close()
         engine.dispose()
 
     app = FastAPI(
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         methods=list(METHODS),
         include_in_schema=False,
     )
-    app.mount("/", dashboard_app(storage, artifact_store), name="dashboard")
+    app.mount("/", dashboard, name="dashboard")
     # Added last = outermost: the guard answers before a body is read at all.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Guard, keys=app.state.keys, settings=settings)
