@@ -16,10 +16,10 @@ kept gzipped (~1/80 of the size) per study and query in an :class:`api.cache.Rea
 one computation at a time, refreshed ``TTL_S`` after the last one ended, or for a big
 study after four times as long as it took (``MAX_BUSY``: polling keeps the child busy
 at most a quarter of the time). While a refresh runs the previous answer is served, for
-up to ``MAX_AGE_S - TTL_S`` past its freshness: rendering is off the API's process, so waiting
-for it gains nothing, and the page loads its first answer once, then polls with
-``?after=<n>`` (its own entry) from the first trial it holds that was still running,
-so it catches up with a late first answer at its next poll.
+up to ``MAX_AGE_S - TTL_S`` past its freshness: rendering is off the API's process, so
+waiting for it gains nothing, and the page loads its first answer once, then polls with
+``?after=<n>`` (its own entry) from the first trial it holds that was still running, so
+it catches up with a late first answer at its next poll.
 """
 
 from __future__ import annotations

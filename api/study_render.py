@@ -1,18 +1,18 @@
 """optuna-dashboard's study detail, rendered in a child process.
 
-At 10,000 trials that answer is ~27 MB of JSON built in pure Python, 2-7 s of CPU that
-holds the GIL for up to ~200-370 ms at a time (a thread sleeping 1 ms woke that late
-during a render). In the API's process every request in flight waited through those
-holds: the dashboard's p99 in ``benchmarks/api_load.py`` was 0.25-0.8 s in the rounds
-that overlapped a refresh and 2.5 s in a whole run. A child has its own GIL, so the API
-only shares the cores with it.
+At 10,000 trials that answer is ~27 MB of JSON built in pure Python, 2-7 s of CPU. Even
+with the server's garbage-collector settings, a render that re-reads the trials (most
+do: optuna-dashboard's own trial list expires after 10 s) holds the GIL 140-240 ms at a
+time, several times over (a thread sleeping 1 ms woke that late). In the API's process
+every request in flight waited through those holds: the dashboard's p99 in
+``benchmarks/api_load.py`` was 0.25-0.8 s in the rounds that overlapped a refresh and
+2.5 s in a whole run. A child has its own GIL, so the API only shares the cores with it.
 
 One child, started on first use (spawned: the API runs threads) at a lower priority,
 renders one answer at a time and keeps optuna-dashboard's trial cache between calls. It
 starts with the server's main module imported again (how ``spawn`` works: ~4 s), so a
-request for the page itself starts it ahead of the first study.
-Its answer comes back gzipped, ~1/80 of the size. A child that died is replaced on the
-next call.
+request for the page itself starts it ahead of the first study. Its answer comes back
+gzipped, ~1/80 of the size. A child that died is replaced on the next call.
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ class StudyRenderer:
     def render(self, path: str, query: str) -> Answer:
         """The dashboard's answer to ``GET path?query``; blocks the calling thread (a
         cache worker) while the child works. One retry on a new child if it died."""
+        call = functools.partial(render, self._database_url, path, query)
         pool = self._current_pool()
         try:
-            return pool.submit(render, self._database_url, path, query).result()
+            return pool.submit(call).result()
         except BrokenProcessPool:
             self._drop(pool)
-        return self._current_pool().submit(render, self._database_url, path, query).result()
+        return self._current_pool().submit(call).result()
 
     def start(self) -> None:
         """Start the child now unless it runs, without waiting for it."""
