@@ -32,6 +32,7 @@ from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
 from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
+from tuner.storage import TunerStorage
 from tuner.train import Diverged
 
 __all__ = [
@@ -100,14 +101,15 @@ def make_storage(
     grace_period: int | None = None,
     failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> RDBStorage:
-    """Optuna's RDB storage on ``url`` (SQLite or PostgreSQL), the same code for both.
+    """Optuna's RDB storage on ``url`` (SQLite or PostgreSQL), the same code for both;
+    trials are read back in Core (``tuner.storage``).
 
     ``failed_trial_callback`` runs for each trial failed by the heartbeat check
     (Optuna's ``heartbeat_stale_trial_callback``), e.g. to retry its parameters.
     """
     url, kwargs = engine_kwargs_for(url)
     try:
-        return RDBStorage(
+        return TunerStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
             grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
         )

@@ -57,20 +57,28 @@ def write(
 
     with backend.engine.begin() as conn:
         _lock_running(conn, trials, trial)
+        # One row's statement executed for many rows: SQLAlchemy compiles it once per
+        # process, while a multi-row VALUES is not cached and was compiled every call.
         if user_attrs:
-            stmt = insert(trial_user_attributes).values([
-                {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
-                for key, value in user_attrs.items()
-            ])
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=["trial_id", "key"], set_={"value_json": stmt.excluded.value_json}
-            ))
+            attrs = insert(trial_user_attributes)
+            conn.execute(
+                attrs.on_conflict_do_update(
+                    index_elements=["trial_id", "key"],
+                    set_={"value_json": attrs.excluded.value_json},
+                ),
+                [
+                    {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in user_attrs.items()
+                ],
+            )
         if steps:
-            stmt = insert(trial_intermediate_values).values([
-                {"trial_id": trial._trial_id, "step": step, **_stored(value)}
-                for step, value in steps.items()
-            ])
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=["trial_id", "step"]))
+            conn.execute(
+                insert(trial_intermediate_values).on_conflict_do_nothing(
+                    index_elements=["trial_id", "step"]
+                ),
+                [{"trial_id": trial._trial_id, "step": step, **_stored(value)}
+                 for step, value in steps.items()],
+            )
     # The live Trial answers from its own copy, as after set_user_attr and report.
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
     known.update(steps)
