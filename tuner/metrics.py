@@ -96,13 +96,12 @@ def _classification(logits: torch.Tensor, y: torch.Tensor, wanted: set[str]) -> 
     ranked = wanted & {"roc_auc", "average_precision"}
     if ranked and len(np.unique(truth)) == k:  # undefined when a class is absent
         # One vs rest per class, macro-averaged; a binary task scores class 1 only.
-        columns = [1] if k == 2 else range(k)
+        columns = [1] if k == 2 else list(range(k))
+        score, positive = proba[:, columns], truth[:, None] == np.array(columns)
         if "roc_auc" in ranked:
-            scores["roc_auc"] = float(np.mean([_roc_auc(truth == c, proba[:, c]) for c in columns]))
+            scores["roc_auc"] = float(np.mean(_roc_auc(positive, score)))
         if "average_precision" in ranked:
-            scores["average_precision"] = float(
-                np.mean([_average_precision(truth == c, proba[:, c]) for c in columns])
-            )
+            scores["average_precision"] = float(np.mean(_average_precision(positive, score)))
     return {name: v for name, v in scores.items() if name in wanted}
 
 
@@ -124,24 +123,32 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def _roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic (ties count half)."""
-    ranks = rankdata(score)
-    n_pos = int(positive.sum())
+def _roc_auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of each column, as the Mann-Whitney statistic (ties
+    count half): all columns in one ranking."""
+    ranks = rankdata(score, axis=0)
+    n_pos = positive.sum(axis=0)
     n_neg = len(positive) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
-    """Precision at each distinct threshold weighted by the recall it adds (no
-    interpolation, as sklearn's ``average_precision_score``)."""
-    order = np.argsort(-score, kind="mergesort")
-    score, hits = score[order], positive[order]
-    last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # end of each tie group
-    tps = np.cumsum(hits)[last]
-    precision = tps / (last + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+def _average_precision(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Average precision of each column: precision at each distinct threshold weighted
+    by the recall it adds (no interpolation, as sklearn's ``average_precision_score``).
+    All columns are sorted at once; the ends of their tie groups are then taken column
+    after column, so one pass weighs every column's thresholds."""
+    order = np.argsort(-score, axis=0, kind="mergesort")
+    score = np.take_along_axis(score, order, axis=0)
+    tps = np.cumsum(np.take_along_axis(positive, order, axis=0), axis=0)
+    ends = np.ones_like(score, dtype=bool)  # the last row of each tie group
+    ends[:-1] = score[1:] != score[:-1]
+    column, row = np.nonzero(ends.T)  # column by column, rows in order
+    precision = tps[row, column] / (row + 1)
+    recall = tps[row, column] / tps[-1, column]
+    added = np.diff(recall, prepend=0.0)
+    first = np.r_[True, column[1:] != column[:-1]]  # a column's first threshold
+    added[first] = recall[first]
+    return np.bincount(column, weights=added * precision, minlength=score.shape[1])
 
 
 def _regression(
