@@ -195,7 +195,7 @@ def trial_epochs(url: str, smoke: bool) -> int:
     machine as it is during the run, measured once through the server at ``url``: a
     fixed size drifts with the machine (10 epochs took 0.13 s on a quiet day, 0.33 s on
     a loaded one)."""
-    probe = small_job(smoke, 3, 0)
+    probe = small_job(smoke, 5, 0)
     with httpx.Client(base_url=url, timeout=60) as client:
         _, job_id = run_job(client, probe)
         done = trials(client, job_id)
