@@ -200,5 +200,9 @@ def trial_epochs(url: str, smoke: bool) -> int:
         _, job_id = run_job(client, probe)
         done = trials(client, job_id)
     per_epoch = sorted(t["metrics"]["train_seconds"] / t["metrics"]["epochs_run"] for t in done)
-    target = TRIAL_S / 10 if smoke else TRIAL_S
-    return max(1, round(target / per_epoch[len(per_epoch) // 2]))
+    return max(1, round(trial_target_s(smoke) / per_epoch[len(per_epoch) // 2]))
+
+
+def trial_target_s(smoke: bool) -> float:
+    """Seconds of training per trial to size for: ``TRIAL_S``, a tenth at smoke size."""
+    return TRIAL_S / 10 if smoke else TRIAL_S

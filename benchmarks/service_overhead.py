@@ -1,8 +1,10 @@
 """Service overhead: wall time of N short trials through the service, divided by the
 sum of those trials' pure training time (``metrics.train_seconds``).
 
-The job's trials are sized (``service.trial_epochs``) to train about 0.3 s each, the
-issue's size, whatever the machine's speed that day. Two arms, interleaved per seed:
+The job's trials are sized to train about 0.3 s each, the issue's size, whatever the
+machine's speed: first by ``service.trial_epochs``, then again before each seed from
+the training speed the previous seed measured (``TrialSizer``). Two arms, interleaved
+per seed, run the same number of epochs:
 
 - ``service``: a real ``tuner serve`` (uvicorn on 127.0.0.1, one embedded worker,
   temporary SQLite, shipped defaults) takes the job by ``POST /v1/jobs``; the clock
@@ -27,7 +29,14 @@ import optuna
 from sqlalchemy import Engine, event
 
 from benchmarks.common import SMOKE, Goal, Report, Size, figure, interleave, ratios, stats
-from benchmarks.service import TRIAL_S, Server, run_job, small_job, trial_epochs, trials
+from benchmarks.service import (
+    Server,
+    run_job,
+    small_job,
+    trial_epochs,
+    trial_target_s,
+    trials,
+)
 from tuner.engine import configure_torch
 from tuner.jobs import JobStore, make_engine, migrate
 from tuner.settings import Settings
@@ -37,6 +46,36 @@ from tuner.worker import Worker
 
 def n_trials(size: Size) -> int:
     return 3 if size.smoke else 20
+
+
+class TrialSizer:
+    """Epochs per trial for each seed, re-sized from the last arm's training speed.
+
+    The shared machine's speed drifts by a third within minutes, and a trial's overhead
+    is a fixed number of milliseconds, so trials sized once at the start of the section
+    trained 0.2 s in one run and 0.41 s in the next, and the ratio moved with them.
+    Both arms of a seed get the same epochs.
+    """
+
+    def __init__(self, epochs: int, smoke: bool) -> None:
+        self.target_s = trial_target_s(smoke)
+        self.epochs = epochs
+        self.seed: int | None = None
+        self.per_epoch_s: float | None = None
+        self.chosen: list[int] = []
+
+    def for_seed(self, seed: int) -> int:
+        if seed != self.seed:
+            self.seed = seed
+            if self.per_epoch_s is not None:
+                self.epochs = max(1, round(self.target_s / self.per_epoch_s))
+            self.chosen.append(self.epochs)
+        return self.epochs
+
+    def observed(self, run: dict[str, float]) -> dict[str, float]:
+        """Keep the arm's training speed for the next seed; the run, unchanged."""
+        self.per_epoch_s = run["train_s"] / (run["trials"] * self.epochs)
+        return run
 
 
 def _service(server: Server, size: Size, seed: int, epochs: int) -> dict[str, float]:
@@ -98,16 +137,19 @@ def _in_process(tmp: Path, size: Size, seed: int, epochs: int | None = None) -> 
 
 def run(size: Size, servers: dict[int, Server]) -> list[Report]:
     server = servers[1]
-    epochs = trial_epochs(server.url, size.smoke)
+    sizer = TrialSizer(trial_epochs(server.url, size.smoke), size.smoke)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         _in_process(Path(tmp) / "warm", SMOKE, 0)  # lazy imports, as a long-lived worker
         res = interleave(range(size.seeds), {
-            "service": lambda seed: _service(server, size, seed, epochs),
-            "in_process_worker": lambda seed: _in_process(Path(tmp), size, seed, epochs),
+            "service": lambda seed: sizer.observed(
+                _service(server, size, seed, sizer.for_seed(seed))),
+            "in_process_worker": lambda seed: sizer.observed(
+                _in_process(Path(tmp), size, seed, sizer.for_seed(seed))),
         })
     report = Report("service_overhead", "Service overhead: wall time / pure training time")
     report.details = {
-        "n_trials": n_trials(size), "job": small_job(size.smoke, 1, 0, epochs=epochs), "runs": res,
+        "n_trials": n_trials(size), "epochs_per_seed": sizer.chosen,
+        "job": small_job(size.smoke, 1, 0, epochs=sizer.chosen[0]), "runs": res,
     }
 
     def col(arm: str, key: str) -> list[float]:
@@ -135,8 +177,8 @@ def run(size: Size, servers: dict[int, Server]) -> list[Report]:
     report.notes += [
         f"SQLite commits per trial (in-process worker, median): job store "
         f"{job_commits.median:.1f}, Optuna {optuna_commits.median:.1f}.",
-        f"Trials of {epochs} epochs, sized at the start of the section to train "
-        f"{TRIAL_S:g} s each; through the service they trained {per_trial.median:.3f} s "
-        f"(median; {per_trial.min:.3f}-{per_trial.max:.3f}).",
+        f"Trials of {'/'.join(map(str, sizer.chosen))} epochs (seed by seed), sized to train "
+        f"{sizer.target_s:g} s each from the last measured speed; through the service they "
+        f"trained {per_trial.median:.3f} s (median; {per_trial.min:.3f}-{per_trial.max:.3f}).",
     ]
     return [report]
