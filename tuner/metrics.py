@@ -96,8 +96,9 @@ def _classification(logits: torch.Tensor, y: torch.Tensor, wanted: set[str]) -> 
     ranked = wanted & {"roc_auc", "average_precision"}
     if ranked and len(np.unique(truth)) == k:  # undefined when a class is absent
         # One vs rest per class, macro-averaged; a binary task scores class 1 only.
-        columns = [1] if k == 2 else list(range(k))
-        score, positive = proba[:, columns], truth[:, None] == np.array(columns)
+        columns = np.array([1] if k == 2 else range(k))
+        score = proba[:, 1:] if k == 2 else proba  # no copy of the outputs
+        positive = truth[:, None] == columns
         if "roc_auc" in ranked:
             scores["roc_auc"] = float(np.mean(_roc_auc(positive, score)))
         if "average_precision" in ranked:

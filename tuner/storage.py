@@ -78,6 +78,7 @@ class TunerStorage(RDBStorage):
                     if t._trial_id in included or t._trial_id > trial_id_greater_than
                 ]
 
+
 def _read(conn: Connection, *where: ColumnElement[bool]) -> list[FrozenTrial]:
     """The trials matching ``where``, by trial id, with everything Optuna keeps of them."""
     chosen = select(_trials.c.trial_id).where(*where)
