@@ -343,7 +343,7 @@ def evaluate(
     monitor = _monitor(metrics[0])
     prunable = len(metrics) == 1 and monitor is not None
     curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-    reporter = EpochReporter(trial, spec)
+    reporter = EpochReporter(trial, spec, hp["epochs"])
 
     def on_epoch(epoch: int, values: dict[str, float]) -> None:
         for name, curve in curves.items():

@@ -11,7 +11,13 @@ default strategy on the time-to-target task took 9% less wall time.
 >>> from tuner.spec import parse_spec
 >>> spec = parse_spec({"name": "x", "dataset": {"name": "iris"}, "budget": {"max_epochs": 27}})
 >>> [epoch for epoch in range(1, 28) if may_prune(spec)(epoch)]
-[3, 9, 27]
+[3, 9]
+
+Nor is it asked to cut a trial at its last epoch: the epochs are spent by then, and a cut
+would only turn a finished result into a pruned one (in one time-to-target run, 2 of 75
+trials were cut after all 27 epochs, one of them at 0.742, past the target). A trial
+that ends before ``max_epochs`` still shows the pruner its last epoch, for the rung
+later trials are compared with.
 """
 
 from __future__ import annotations
@@ -56,17 +62,18 @@ def min_resource(spec: StudySpec) -> int:
 
 
 def may_prune(spec: StudySpec) -> Callable[[int], bool]:
-    """Whether the spec's pruner can cut a trial after ``epoch`` (numbered from 1)."""
-    p = spec.resolved_pruner
+    """Whether the spec's pruner can cut a trial after ``epoch`` (numbered from 1); never
+    at ``max_epochs``, where every trial ends anyway."""
+    p, last = spec.resolved_pruner, spec.budget.max_epochs
     match p.name:
         case "none":
             return lambda epoch: False
         case "successive_halving" | "hyperband":
             first, factor = min_resource(spec), p.reduction_factor
-            return lambda epoch: _is_rung(epoch, first, factor)
+            return lambda epoch: epoch < last and _is_rung(epoch, first, factor)
         case "median" | "percentile" | "threshold":
-            return lambda epoch: epoch >= p.n_warmup_steps
-    return lambda epoch: True
+            return lambda epoch: p.n_warmup_steps <= epoch < last
+    return lambda epoch: epoch < last
 
 
 def _is_rung(epoch: int, first: int, factor: int) -> bool:
@@ -82,20 +89,21 @@ def _is_rung(epoch: int, first: int, factor: int) -> bool:
 class EpochReporter:
     """A running trial's epochs on their way to Optuna, and its pruner's verdicts."""
 
-    def __init__(self, trial: optuna.Trial, spec: StudySpec) -> None:
+    def __init__(self, trial: optuna.Trial, spec: StudySpec, epochs: int) -> None:
         self.trial = trial
         self.may_prune = may_prune(spec)
+        self.last_epoch = epochs
         self.pending: dict[int, float] = {}
         self.flushed = time.monotonic()
 
     def report(self, epoch: int, value: float) -> None:
         """Keep ``epoch``'s value; where the pruner may act, write and ask it (raises
-        ``optuna.TrialPruned`` for a cut)."""
+        ``optuna.TrialPruned`` for a cut, except at the trial's last epoch)."""
         self.pending[epoch] = value
         asks = self.may_prune(epoch)
         if asks or time.monotonic() - self.flushed >= FLUSH_S:
             self.flush()
-        if asks and self.trial.should_prune():
+        if asks and self.trial.should_prune() and epoch < self.last_epoch:
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     def flush(self, user_attrs: Mapping[str, Any] | None = None) -> None:
