@@ -47,14 +47,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, Update, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,6 +76,8 @@ from tuner.spec import SpecError, StudySpec, parse_spec
 
 WARM_START_TOP_K = 10
 """How many of an earlier job's best configurations ``warm_start_from`` enqueues."""
+
+_Row = TypeVar("_Row", Job, TrialSlot)
 
 FINISHED_TRIAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -142,6 +144,15 @@ def _transition(s: Session, job: Job, action: str, reason: str | None = None) ->
 
 def _event(s: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
     s.add(JobEvent(job_id=job.id, kind=kind, data=data, created_at=utcnow()))
+
+
+def _updated(s: Session, statement: Update, entity: type[_Row]) -> _Row | None:
+    """The row ``statement`` (an UPDATE of one row of ``entity``) changed, fresh, read back
+    by RETURNING in the same statement; None when it matched no row."""
+    rows = s.scalars(
+        statement.returning(entity), execution_options={"populate_existing": True}
+    ).all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def _maybe_end(s: Session, job: Job) -> None:
@@ -225,10 +236,10 @@ class JobStore:
     def _lock(self, s: Session, job_id: str, owner: str | None = None) -> Job:
         """Lock the job's row (see the module docstring) and return it, fresh."""
         where = [Job.id == job_id] + ([Job.owner == owner] if owner is not None else [])
-        result = s.execute(update(Job).where(*where).values(updated_at=utcnow()))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        job = _updated(s, update(Job).where(*where).values(updated_at=utcnow()), Job)
+        if job is None:
             raise JobNotFound(f"no job {job_id!r}; list your jobs with GET /v1/jobs")
-        return s.get_one(Job, job_id, populate_existing=True)
+        return job
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -525,14 +536,10 @@ class JobStore:
             ))
         for job_id in candidates:
             with self._tx() as s:
-                won = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, *eligible)
-                    .values(started=Job.started + 1, last_claim_at=now, updated_at=now)
-                )
-                if won.rowcount != 1:  # type: ignore[attr-defined]
+                job = _updated(s, update(Job).where(Job.id == job_id, *eligible).values(
+                    started=Job.started + 1, last_claim_at=now, updated_at=now), Job)
+                if job is None:
                     continue
-                job = s.get_one(Job, job_id, populate_existing=True)
                 if job.state == JobState.queued:
                     _transition(s, job, "start", None)
                 slot = TrialSlot(
@@ -592,14 +599,13 @@ class JobStore:
         reason: str | None = None, *also: ColumnElement[bool],
     ) -> TrialSlot | None:
         """Move a slot from ``expected`` to ``target``; None when someone else moved it."""
-        result = s.execute(
+        return _updated(
+            s,
             update(TrialSlot)
             .where(TrialSlot.id == slot_id, TrialSlot.state == expected, *also)
-            .values(state=target, ended_at=utcnow(), reason=reason)
+            .values(state=target, ended_at=utcnow(), reason=reason),
+            TrialSlot,
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        return s.get_one(TrialSlot, slot_id, populate_existing=True)
 
     def _count(
         self,
