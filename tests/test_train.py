@@ -260,6 +260,14 @@ def test_same_seed_gives_identical_results_and_another_seed_differs(cls: Dataset
     assert run(1) != run(2)
 
 
+def test_seeding_for_the_cpu_draws_what_torch_manual_seed_draws() -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(5), torch.nn.Linear(4, 3).weight
+    seed_everything(7, "cpu")
+    assert torch.equal(torch.rand(5), expected[0])
+    assert torch.equal(torch.nn.Linear(4, 3).weight, expected[1])
+
+
 def test_metrics_cover_both_splits_with_spec_names(cls: Dataset) -> None:
     metrics = fit(cls, {"epochs": 1}).metrics
     expected = {f"{s}_{m}" for s in ("val", "test") for m in CLASSIFICATION_METRICS}

@@ -310,7 +310,7 @@ def fit(
     """Seed, build and train one configuration: the same steps for a trial and a retrain."""
     metric = resolved_metrics(spec, data.task)[0]
     monitor = _monitor(metric)
-    train.seed_everything(spec.seed)
+    train.seed_everything(spec.seed, device)
     model = get_objective(spec.objective).build(hp, data)
     return train.train(
         model, data, hp, seed=spec.seed, device=device,
