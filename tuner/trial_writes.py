@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Insert, Select, Update, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql import TableClause
 
 __all__ = ["write"]
 
@@ -45,58 +45,70 @@ def write(
     if not user_attrs and not steps:
         return
     backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache
-    insert = _UPSERTS.get(backend.engine.name) if isinstance(backend, RDBStorage) else None
-    if insert is None:
+    if not isinstance(backend, RDBStorage) or backend.engine.name not in _UPSERTS:
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)
         for step, value in steps.items():
             trial.report(value, step)
         return
-    # Here, not at the top: tuner.jobs imports the engine, which imports the objective.
-    from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes, trials
-
+    statements = _statements(backend.engine.name)
     with backend.engine.begin() as conn:
-        _lock_running(conn, trials, trial)
+        _lock_running(conn, statements, trial)
         # One row's statement executed for many rows: SQLAlchemy compiles it once per
         # process, while a multi-row VALUES is not cached and was compiled every call.
         if user_attrs:
-            attrs = insert(trial_user_attributes)
-            conn.execute(
-                attrs.on_conflict_do_update(
-                    index_elements=["trial_id", "key"],
-                    set_={"value_json": attrs.excluded.value_json},
-                ),
-                [
-                    {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
-                    for key, value in user_attrs.items()
-                ],
-            )
+            conn.execute(statements.set_attrs, [
+                {"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in user_attrs.items()
+            ])
         if steps:
-            conn.execute(
-                insert(trial_intermediate_values).on_conflict_do_nothing(
-                    index_elements=["trial_id", "step"]
-                ),
-                [{"trial_id": trial._trial_id, "step": step, **_stored(value)}
-                 for step, value in steps.items()],
-            )
+            conn.execute(statements.add_steps, [
+                {"trial_id": trial._trial_id, "step": step, **_stored(value)}
+                for step, value in steps.items()
+            ])
     # The live Trial answers from its own copy, as after set_user_attr and report.
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
     known.update(steps)
 
 
-def _lock_running(conn: Connection, trials: TableClause, trial: optuna.Trial) -> None:
+class _Statements(NamedTuple):
+    """Built once per dialect: building a statement costs more than running it."""
+
+    lock: Update  # takes the running trial's lock; matches no row once it finished
+    exists: Select[Any]
+    set_attrs: Insert  # a user attribute, upserted
+    add_steps: Insert  # an intermediate value, kept if the step is already there
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    # Here, not at the top: tuner.jobs imports the engine, which imports the objective.
+    from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes, trials
+
+    insert = _UPSERTS[dialect]
+    this_trial = trials.c.trial_id == bindparam("id")
+    attrs = insert(trial_user_attributes)
+    return _Statements(
+        lock=update(trials).where(this_trial, trials.c.state == "RUNNING")
+        .values(state=trials.c.state),
+        exists=select(trials.c.trial_id).where(this_trial),
+        set_attrs=attrs.on_conflict_do_update(
+            index_elements=["trial_id", "key"], set_={"value_json": attrs.excluded.value_json}
+        ),
+        add_steps=insert(trial_intermediate_values).on_conflict_do_nothing(
+            index_elements=["trial_id", "step"]
+        ),
+    )
+
+
+def _lock_running(conn: Connection, statements: _Statements, trial: optuna.Trial) -> None:
     """Raise unless ``trial`` is running in Optuna's ``trials`` table; write first, so
     the trial's row lock (PostgreSQL) or the write lock (SQLite) is taken before
     anything is read, and a concurrent finish waits or wins outright."""
-    running = conn.execute(
-        update(trials)
-        .where(trials.c.trial_id == trial._trial_id, trials.c.state == "RUNNING")
-        .values(state=trials.c.state)
-    ).rowcount
-    if running == 1:
+    key = {"id": trial._trial_id}
+    if conn.execute(statements.lock, key).rowcount == 1:
         return
-    exists = conn.execute(select(trials.c.trial_id).where(trials.c.trial_id == trial._trial_id))
-    if exists.first() is None:
+    if conn.execute(statements.exists, key).first() is None:
         raise KeyError(f"no trial with id {trial._trial_id}")
     raise UpdateFinishedTrialError(
         f"trial #{trial.number} has already finished and cannot be updated"

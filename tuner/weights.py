@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.study import StudyDirection
 from safetensors.torch import save_file
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, Select, and_, bindparam, func, or_, select
 
 from tuner.engine import ranked_trials
 from tuner.jobs.optuna_tables import trial_values, trials
@@ -80,18 +80,27 @@ def in_top_k(engine: Engine, study: optuna.Study, value: float, number: int, k: 
     """
     if len(study.directions) > 1:
         return True
+    ahead = _ahead(study.direction == StudyDirection.MINIMIZE)
+    with engine.connect() as conn:
+        count = conn.scalar(ahead, {"study_id": study._study_id, "value": value, "number": number})
+    return (count or 0) < k
+
+
+@cache
+def _ahead(minimize: bool) -> Select[tuple[int]]:
+    """The count of a study's completed trials ranked above ``:value`` from trial
+    ``:number``, built once per direction (building costs more than running it)."""
     t, v = trials.c, trial_values.c
-    better = v.value < value if study.direction == StudyDirection.MINIMIZE else v.value > value
-    ahead = (
+    value = bindparam("value")
+    better = v.value < value if minimize else v.value > value
+    return (
         select(func.count())
         .select_from(trials.join(trial_values, t.trial_id == v.trial_id))
         .where(
-            t.study_id == study._study_id, t.state == "COMPLETE", v.objective == 0,
-            or_(better, and_(v.value == value, t.number < number)),
+            t.study_id == bindparam("study_id"), t.state == "COMPLETE", v.objective == 0,
+            or_(better, and_(v.value == value, t.number < bindparam("number"))),
         )
     )
-    with engine.connect() as conn:
-        return (conn.scalar(ahead) or 0) < k
 
 
 def keep_top_k(
