@@ -341,6 +341,10 @@ class PrunerSpec(Strict):
     """Epochs before the first cut; None: 1 for hyperband, for successive halving
     ``max_epochs // reduction_factor**2`` (``pruning.asha_min_resource``)."""
     reduction_factor: int = Field(default=3, ge=2, le=100)
+    bootstrap_count: int | None = Field(default=None, ge=0)
+    """Successive halving: how many sampled trials are cut for being first at a rung
+    (Optuna's ``bootstrap_count``); None: ``reduction_factor - 1`` for budgets of at
+    least 50 trials, else 0 (``pruning.bootstrap_count``)."""
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)
     percentile: float = Field(default=50.0, gt=0, lt=100)
