@@ -4,9 +4,10 @@ Reading trials is most of what Optuna does with its database: a running trial is
 back three times per trial (``Trial()`` in ``ask``, ``tell``, and ``optimize`` before
 its callbacks), every ``ask`` and sampler refresh reads the trials that changed, and
 the dashboard reads whole studies. Through the ORM each trial costs its row plus five
-related rows' objects (a single trial: 3.4-4.2 ms of Python on SQLite); here the same
-rows come in six Core selects whatever the number of trials (1.4 ms for one trial).
-Writes stay Optuna's own code. Rows are decoded by Optuna's own table definitions and
+related rows' objects (a single trial: 3.4-4.2 ms of Python on SQLite, against 1.4 ms
+here on the same machine); here the same rows come in six Core selects whatever the
+number of trials, each built once (one trial 0.27 ms, against 0.62 ms when the
+statements were built per call, on a faster day). Writes stay Optuna's own code. Rows are decoded by Optuna's own table definitions and
 helpers, and ``tests/test_storage.py`` checks every read against ``RDBStorage``'s for
 every kind of trial.
 """
