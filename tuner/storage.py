@@ -7,9 +7,9 @@ the dashboard reads whole studies. Through the ORM each trial costs its row plus
 related rows' objects (a single trial: 3.4-4.2 ms of Python on SQLite, against 1.4 ms
 here on the same machine); here the same rows come in six Core selects whatever the
 number of trials, each built once (one trial 0.27 ms, against 0.62 ms when the
-statements were built per call, on a faster day). Writes stay Optuna's own code. Rows are decoded by Optuna's own table definitions and
-helpers, and ``tests/test_storage.py`` checks every read against ``RDBStorage``'s for
-every kind of trial.
+statements were built per call, on a faster day). Writes stay Optuna's own code. Rows
+are decoded by Optuna's own table definitions and helpers, and ``tests/test_storage.py``
+checks every read against ``RDBStorage``'s for every kind of trial.
 """
 
 from __future__ import annotations
