@@ -36,6 +36,7 @@ _params: Table = models.TrialParamModel.__table__
 _user_attrs: Table = models.TrialUserAttributeModel.__table__
 _system_attrs: Table = models.TrialSystemAttributeModel.__table__
 _steps: Table = models.TrialIntermediateValueModel.__table__
+_STUDY = select(_studies.c.study_id).where(_studies.c.study_id == bindparam("study_id"))
 
 
 class TunerStorage(RDBStorage):
@@ -66,9 +67,8 @@ class TunerStorage(RDBStorage):
             assert isinstance(states, Iterable)
             params["states"] = list(states)
         since = "all" if trial_id_greater_than <= -1 else "changed" if included else "newer"
-        study = select(_studies.c.study_id).where(_studies.c.study_id == study_id)
         with self.engine.connect() as conn:
-            if conn.scalar(study) is None:
+            if conn.scalar(_STUDY, params) is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             try:
                 return _read(conn, _Filter(study=True, states=states is not None, since=since),
