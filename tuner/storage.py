@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
@@ -67,16 +67,16 @@ class TunerStorage(RDBStorage):
             assert isinstance(states, Iterable)
             params["states"] = list(states)
         since = "all" if trial_id_greater_than <= -1 else "changed" if included else "newer"
+        every = _Filter(study=True, states=states is not None)
         with self.engine.connect() as conn:
             if conn.scalar(_STUDY, params) is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             try:
-                return _read(conn, _Filter(study=True, states=states is not None, since=since),
-                             params)
+                return _read(conn, replace(every, since=since), params)
             except exc.OperationalError:  # more ids than the database takes in one IN
                 conn.rollback()
                 return [
-                    t for t in _read(conn, _Filter(study=True, states=states is not None), params)
+                    t for t in _read(conn, every, params)
                     if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than
                 ]
 
