@@ -1,5 +1,6 @@
 """``TunerStorage`` reads every kind of trial exactly as Optuna's own ``RDBStorage``
-does, one at a time and as a study's (changed) trials, on SQLite and PostgreSQL."""
+does, one at a time and as a study's (changed) trials, and writes parameters as it does,
+checks included, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sqlite3
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 
@@ -123,3 +126,60 @@ def test_more_changed_trials_than_the_database_takes_in_one_query(sqlite_url: st
 @pytest.mark.postgres
 def test_trials_read_as_optuna_reads_them_on_postgres(postgres_url: str) -> None:
     _reads_as_optuna(postgres_url)
+
+
+def _param_writes(storage: RDBStorage) -> tuple[list[str], list[tuple[object, object]]]:
+    """What each parameter write did (``ok`` or the error's type), and the study's trials'
+    params and distributions after them, read by Optuna's own code."""
+    study_id = storage.create_new_study([StudyDirection.MINIMIZE])
+    first, second = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
+    lr = FloatDistribution(1e-4, 1e-1, log=True)
+    optimizers = CategoricalDistribution(["sgd", "adam"])
+    writes = [
+        (first, "lr", 0.01, lr),
+        (first, "optimizer", 1, optimizers),
+        (first, "lr", 0.02, lr),  # written twice: the first value stays
+        (second, "lr", 0.5, FloatDistribution(1e-3, 1.0, log=True)),  # other bounds: fine
+        (second, "optimizer", 0, CategoricalDistribution(["sgd", "rmsprop"])),  # other choices
+        (second, "lr", 1, IntDistribution(1, 4)),  # another kind for the name
+        (second, "depth", 2, IntDistribution(1, 4)),
+        ("finished", "width", 3, IntDistribution(1, 8)),
+        (second + 100, "lr", 0.01, lr),  # no such trial
+    ]
+    outcomes = []
+    for trial_id, name, value, distribution in writes:
+        if trial_id == "finished":
+            storage.set_trial_state_values(second, TrialState.COMPLETE, [1.0])
+            trial_id = second
+        try:
+            storage.set_trial_param(trial_id, name, value, distribution)
+            outcomes.append("ok")
+        except Exception as e:  # the type is what is compared
+            outcomes.append(type(e).__name__)
+    trials = RDBStorage.get_all_trials(storage, study_id)
+    return outcomes, [(t.params, t.distributions) for t in trials]
+
+
+def _writes_params_as_optuna(url: str) -> None:
+    ours, optunas = make_storage(url), RDBStorage(url)
+    assert _param_writes(ours) == _param_writes(optunas)
+    outcomes, _ = _param_writes(ours)
+    assert outcomes == ["ok", "ok", "ok", "ok", "ValueError", "ValueError", "ok",
+                        "UpdateFinishedTrialError", "KeyError"]
+    # Through Optuna's cache, which passes the distribution it knows for the name.
+    study = optuna.create_study(storage=ours)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 1, 3), n_trials=3)
+    with pytest.raises(ValueError, match="distribution kind"):
+        study.ask().suggest_int("x", 0, 1)
+    _same(study.get_trials(), RDBStorage.get_all_trials(ours, study._study_id))
+    for storage in (ours, optunas):
+        storage.engine.dispose()
+
+
+def test_params_written_as_optuna_writes_them_on_sqlite(sqlite_url: str) -> None:
+    _writes_params_as_optuna(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_params_written_as_optuna_writes_them_on_postgres(postgres_url: str) -> None:
+    _writes_params_as_optuna(postgres_url)

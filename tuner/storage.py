@@ -7,9 +7,13 @@ the dashboard reads whole studies. Through the ORM each trial costs its row plus
 related rows' objects (a single trial: 3.4-4.2 ms of Python on SQLite, against 1.4 ms
 here on the same machine); here the same rows come in six Core selects whatever the
 number of trials, each built once (one trial 0.27 ms, against 0.62 ms when the
-statements were built per call, on a faster day). Writes stay Optuna's own code. Rows
-are decoded by Optuna's own table definitions and helpers, and ``tests/test_storage.py``
-checks every read against ``RDBStorage``'s for every kind of trial.
+statements were built per call, on a faster day). Rows are decoded by Optuna's own table
+definitions and helpers, and ``tests/test_storage.py`` checks every read against
+``RDBStorage``'s for every kind of trial.
+
+Writes stay Optuna's own code, except a parameter's: every ``suggest`` writes one row,
+ten or so per trial, and the ORM's unit of work around that one row cost more than the
+row (see ``TunerStorage._set_trial_param``): 0.21 ms a suggest against 0.63 ms.
 """
 
 from __future__ import annotations
@@ -22,10 +26,22 @@ from functools import cache
 from typing import Any, Literal
 
 from optuna import distributions
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import ColumnElement, Connection, Row, Select, Table, bindparam, exc, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    exc,
+    insert,
+    or_,
+    select,
+)
 
 __all__ = ["TunerStorage"]
 
@@ -37,6 +53,17 @@ _user_attrs: Table = models.TrialUserAttributeModel.__table__
 _system_attrs: Table = models.TrialSystemAttributeModel.__table__
 _steps: Table = models.TrialIntermediateValueModel.__table__
 _STUDY = select(_studies.c.study_id).where(_studies.c.study_id == bindparam("study_id"))
+_TRIAL = select(_trials.c.study_id, _trials.c.state).where(
+    _trials.c.trial_id == bindparam("trial_id")
+)
+_EARLIER_DISTRIBUTION = (
+    select(_params.c.distribution_json)
+    .join(_trials, _params.c.trial_id == _trials.c.trial_id)
+    .where(_trials.c.study_id == bindparam("study_id"),
+           _params.c.param_name == bindparam("param_name"))
+    .limit(1)
+)
+_ADD_PARAM = insert(_params)
 
 
 class TunerStorage(RDBStorage):
@@ -79,6 +106,56 @@ class TunerStorage(RDBStorage):
                     t for t in _read(conn, every, params)
                     if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than
                 ]
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: distributions.BaseDistribution,
+    ) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: distributions.BaseDistribution,
+        previous_distribution: distributions.BaseDistribution | None,
+    ) -> None:
+        """Optuna's parameter write in Core, with its checks: the trial is still running,
+        and the distribution is compatible with the one the study has for the name
+        (``previous_distribution``, when Optuna's cache knows it, else read here).
+
+        Optuna's cached storage (from 5.0) calls this, not ``set_trial_param``.
+        """
+        try:
+            with self.engine.begin() as conn:
+                trial = conn.execute(_TRIAL, {"trial_id": trial_id}).one_or_none()
+                if trial is None:
+                    raise KeyError(models.NOT_FOUND_MSG)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if previous_distribution is None:
+                    earlier = conn.scalar(
+                        _EARLIER_DISTRIBUTION,
+                        {"study_id": trial.study_id, "param_name": param_name},
+                    )
+                    if earlier is not None:
+                        previous_distribution = distributions.json_to_distribution(earlier)
+                if previous_distribution is not None:
+                    distributions.check_distribution_compatibility(
+                        previous_distribution, distribution
+                    )
+                conn.execute(_ADD_PARAM, {
+                    "trial_id": trial_id, "param_name": param_name,
+                    "param_value": param_value_internal,
+                    "distribution_json": distributions.distribution_to_json(distribution),
+                })
+        except exc.IntegrityError:
+            pass  # the same parameter written twice (by a retry): Optuna ignores it too
+        except exc.SQLAlchemyError as e:
+            raise StorageInternalError(f"writing parameter {param_name!r} failed: {e}") from e
 
 
 @dataclass(frozen=True)
