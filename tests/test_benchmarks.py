@@ -16,7 +16,7 @@ import torch
 from benchmarks import api_load, train_loop
 from benchmarks.common import SMOKE, Goal, Report, figure, interleave, ratios, stats
 from benchmarks.report import markdown
-from benchmarks.time_to_target import outcome
+from benchmarks.time_to_target import _per_seed_note, outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +53,16 @@ def test_time_to_target_counts_only_trials_within_budget_and_censors_misses() ->
     assert (hit.trials, hit.pruned, hit.epochs) == (3, 1, 11)
     miss = outcome(records, target=0.8, budget_s=10.0)
     assert (miss.time_to_target, miss.reached) == (10.0, False)
+
+
+def test_per_seed_note_names_the_seeds_random_search_won_in_its_first_trials() -> None:
+    random = [outcome([(t, 0.8, 27, "COMPLETE")], target=0.7, budget_s=30.0) for t in (25.0, 3.2)]
+    random.append(outcome([], target=0.7, budget_s=30.0))  # censored at the budget
+    note = _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.1)
+    assert note.startswith("Default / random time to target by seed: 0: 0.20, 1: 1.50, 2: 0.30.")
+    assert "In seed(s) 1 random search reached the target in 3.2 s" in note
+    assert "seed(s) 1 random" in _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.2)
+    assert "seed(s)" not in _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.0)
 
 
 def test_percentile_is_nearest_rank() -> None:
