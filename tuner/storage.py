@@ -128,7 +128,7 @@ class TunerStorage(RDBStorage):
         and the distribution is compatible with the one the study has for the name
         (``previous_distribution``, when Optuna's cache knows it, else read here).
 
-        Optuna's cached storage (from 5.0) calls this, not ``set_trial_param``.
+        Optuna's cached storage calls this from 5.0, ``set_trial_param`` before.
         """
         try:
             with self.engine.begin() as conn:
@@ -153,7 +153,7 @@ class TunerStorage(RDBStorage):
                     "distribution_json": distributions.distribution_to_json(distribution),
                 })
         except exc.IntegrityError:
-            pass  # the same parameter written twice (by a retry): Optuna ignores it too
+            pass  # the trial has this parameter already; Optuna ignores it too
         except exc.SQLAlchemyError as e:
             raise StorageInternalError(f"writing parameter {param_name!r} failed: {e}") from e
 
