@@ -107,15 +107,6 @@ class TunerStorage(RDBStorage):
                     if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than
                 ]
 
-    def set_trial_param(
-        self,
-        trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: distributions.BaseDistribution,
-    ) -> None:
-        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
-
     def _set_trial_param(
         self,
         trial_id: int,
@@ -128,7 +119,7 @@ class TunerStorage(RDBStorage):
         and the distribution is compatible with the one the study has for the name
         (``previous_distribution``, when Optuna's cache knows it, else read here).
 
-        Optuna's cached storage calls this from 5.0, ``set_trial_param`` before.
+        Both ``set_trial_param`` and Optuna's cached storage call this.
         """
         try:
             with self.engine.begin() as conn:
