@@ -9,7 +9,12 @@ import sqlite3
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -135,27 +140,27 @@ def _param_writes(storage: RDBStorage) -> tuple[list[str], list[tuple[object, ob
     first, second = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
     lr = FloatDistribution(1e-4, 1e-1, log=True)
     optimizers = CategoricalDistribution(["sgd", "adam"])
-    writes = [
-        (first, "lr", 0.01, lr),
-        (first, "optimizer", 1, optimizers),
-        (first, "lr", 0.02, lr),  # written twice: the first value stays
-        (second, "lr", 0.5, FloatDistribution(1e-3, 1.0, log=True)),  # other bounds: fine
-        (second, "optimizer", 0, CategoricalDistribution(["sgd", "rmsprop"])),  # other choices
-        (second, "lr", 1, IntDistribution(1, 4)),  # another kind for the name
-        (second, "depth", 2, IntDistribution(1, 4)),
-        ("finished", "width", 3, IntDistribution(1, 8)),
-        (second + 100, "lr", 0.01, lr),  # no such trial
-    ]
-    outcomes = []
-    for trial_id, name, value, distribution in writes:
-        if trial_id == "finished":
-            storage.set_trial_state_values(second, TrialState.COMPLETE, [1.0])
-            trial_id = second
+    def attempt(trial_id: int, name: str, value: float, distribution: BaseDistribution) -> str:
         try:
             storage.set_trial_param(trial_id, name, value, distribution)
-            outcomes.append("ok")
         except Exception as e:  # the type is what is compared
-            outcomes.append(type(e).__name__)
+            return type(e).__name__
+        return "ok"
+
+    outcomes = [
+        attempt(first, "lr", 0.01, lr),
+        attempt(first, "optimizer", 1, optimizers),
+        attempt(first, "lr", 0.02, lr),  # written twice: the first value stays
+        attempt(second, "lr", 0.5, FloatDistribution(1e-3, 1.0, log=True)),  # other bounds: fine
+        attempt(second, "optimizer", 0, CategoricalDistribution(["sgd", "rmsprop"])),  # choices
+        attempt(second, "lr", 1, IntDistribution(1, 4)),  # another kind for the name
+        attempt(second, "depth", 2, IntDistribution(1, 4)),
+    ]
+    storage.set_trial_state_values(second, TrialState.COMPLETE, [1.0])
+    outcomes += [
+        attempt(second, "width", 3, IntDistribution(1, 8)),  # a finished trial
+        attempt(second + 100, "lr", 0.01, lr),  # no such trial
+    ]
     trials = RDBStorage.get_all_trials(storage, study_id)
     return outcomes, [(t.params, t.distributions) for t in trials]
 
