@@ -27,6 +27,9 @@ Trials this size matter: with a quarter or half of the rows (full trials of 0.5-
 the default's fixed cost per trial (sampling, pruning checks, Optuna's storage reads
 and writes, ~50-100 ms with two workers on SQLite) was as large as a pruned trial's
 training, and the same pilots gave default/random 0.4-0.5 at a target set the same way.
+Nor bigger: with twice the rows (full trials of 2.2-6.7 s), the 30 s budget held 8-26
+random trials, too few for the sampler to learn from, and default/random read 0.9-1.0
+over 7 seeds at targets from 0.775 to 0.79 (random's median best there: 0.781).
 
 The space is the mlp objective's default (log lr over 3.5 decades, three optimizers,
 weight decay, dropout, batch norm, schedule, loss), with depth, width and batch size

@@ -134,9 +134,13 @@ def make_sampler(
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     match s.name:
         case "tpe":
-            # multivariate + group: experimental, and better. constant_liar: trials still
-            # running count as bad, so parallel workers do not all sample near the same
-            # point (Optuna's advice for distributed runs; its default only from 5.0).
+            # multivariate + group: experimental, and better (time-to-target task, 14
+            # paired runs: the target in 6.7 s against 12.3 s for independent TPE).
+            # constant_liar: trials still running count as bad, so parallel workers do
+            # not all sample near the same point (Optuna's advice for distributed runs).
+            # Optuna's gamma and prior weight stay: prior_weight 2 (sooner in 6 of 14
+            # pairs) and no liar (13 of 25) gained nothing; gamma 0.25 n was sooner in 14
+            # of 14 pairs, then in 7 of 14 on seven other seeds.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.samplers.TPESampler(
