@@ -35,10 +35,10 @@ def test_the_pruner_is_asked_only_where_it_can_cut(pruner: dict, epochs: list[in
 
 
 def _run(
-    spec: StudySpec, url: str, curves: list[list[float]], enqueued: int = 0
+    spec: StudySpec, url: str, curves: list[list[float]]
 ) -> tuple[optuna.Study, int]:
-    """One trial per curve, the first ``enqueued`` given (as a warm start gives them),
-    reported through EpochReporter; returns how many statements wrote steps."""
+    """One trial per curve, reported through EpochReporter; returns how many statements
+    wrote steps."""
     storage = make_storage(url)
     create_study(spec, storage)
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
@@ -49,8 +49,6 @@ def _run(
         if statement.startswith("INSERT INTO trial_intermediate_values"):
             writes.append(statement)
 
-    for _ in range(enqueued):
-        study.enqueue_trial({})
     for curve in curves:
         trial = study.ask()
         reporter = pruning.EpochReporter(trial, spec, len(curve))
@@ -78,36 +76,19 @@ def test_successive_halving_cuts_at_its_rungs_from_batched_reports(sqlite_url: s
     assert kept[0].intermediate_values == dict(enumerate(good, start=1))
 
 
-@pytest.mark.parametrize(("budget", "pruner", "expected"), [
-    ({"n_trials": 20}, {"name": "successive_halving"}, 0),
-    ({"n_trials": 50}, {"name": "successive_halving"}, 2),
-    ({"n_trials": 50}, {"name": "successive_halving", "reduction_factor": 4}, 3),
-    ({"n_trials": 20}, {"name": "successive_halving", "bootstrap_count": 1}, 1),
-    ({"n_trials": 500}, {"name": "successive_halving", "bootstrap_count": 0}, 0),
-])
-def test_large_budgets_cut_the_first_trials_at_each_rung(
-    budget: dict, pruner: dict, expected: int
-) -> None:
-    spec = StudySpec.model_validate({
-        "name": "p", "dataset": {"name": "iris"}, "budget": budget, "pruner": pruner,
-    })
-    assert pruning.bootstrap_count(spec) == expected
-    assert make_pruner(spec)._bootstrap_count == expected
-
-
-def test_the_first_sampled_trials_at_a_rung_are_cut_but_not_given_ones(
+def test_the_first_trials_run_on_unless_the_spec_sets_a_bootstrap(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    spec = _spec({"name": "successive_halving", "min_resource": 3, "bootstrap_count": 2}, 9)
     good = [0.5 + 0.05 * e for e in range(9)]
-    sampled, _ = _run(spec, sqlite_url, [good, good, good])
-    # The first two at rung 3 are cut whatever they score; the third is the best there.
+    first = [0.1] * 9  # poor, yet the first at every rung: promoted
+    default = _spec({"name": "successive_halving", "min_resource": 3}, 9)
+    study, _ = _run(default, sqlite_url, [first, good, good])
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+    # With Optuna's bootstrap a rung promotes no one until it holds two trials.
+    spec = _spec({"name": "successive_halving", "min_resource": 3, "bootstrap_count": 2}, 9)
+    sampled, _ = _run(spec, f"sqlite:///{tmp_path / 'bootstrap.db'}", [good, good, good])
     assert [t.state for t in sampled.get_trials()] == [
         TrialState.PRUNED, TrialState.PRUNED, TrialState.COMPLETE]
-    # A given first trial runs on, yet counts at the rung: the next one is the second.
-    given, _ = _run(spec, f"sqlite:///{tmp_path / 'given.db'}", [good, good, good], enqueued=1)
-    assert [t.state for t in given.get_trials()] == [
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
 
 
 def test_no_trial_is_cut_at_its_last_epoch(sqlite_url: str) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from tuner import space as spaces
 from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
-from tuner.pruning import SuccessiveHalving, bootstrap_count, min_resource
+from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.storage import TunerStorage
@@ -192,9 +192,9 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
                 p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
             )
         case "successive_halving":
-            return SuccessiveHalving(
+            return optuna.pruners.SuccessiveHalvingPruner(
                 min_resource=min_resource(spec), reduction_factor=p.reduction_factor,
-                bootstrap_count=bootstrap_count(spec),
+                bootstrap_count=p.bootstrap_count or 0,
             )
         case "patient":
             return optuna.pruners.PatientPruner(median, patience=p.patience)

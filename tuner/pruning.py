@@ -27,18 +27,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from tuner.spec import StudySpec
 from tuner.trial_writes import write
 
 __all__ = [
-    "BOOTSTRAP_MIN_TRIALS",
     "FLUSH_S",
     "EpochReporter",
-    "SuccessiveHalving",
     "asha_min_resource",
-    "bootstrap_count",
     "may_prune",
     "min_resource",
 ]
@@ -69,52 +65,6 @@ def min_resource(spec: StudySpec) -> int:
     if p.name == "hyperband":
         return 1
     return asha_min_resource(spec.budget.max_epochs, p.reduction_factor)
-
-
-BOOTSTRAP_MIN_TRIALS = 50
-"""Budgets from which successive halving cuts the first trials at each rung by default."""
-
-
-def bootstrap_count(spec: StudySpec) -> int:
-    """Sampled trials successive halving cuts for being among the first at a rung.
-
-    Optuna promotes a trial that reaches a rung with fewer than ``reduction_factor``
-    others there if it is the best of them: the first trials of a study, whatever they
-    are, train to the end (a first trial at 0.10 accuracy on 12 classes ran 22 of 27
-    epochs). ASHA promotes no one until ``reduction_factor`` have reached the rung, and
-    as Optuna cannot pause a trial, cutting the first ``reduction_factor - 1`` is the
-    nearest rule. Measured on the time-to-target task (4 seeds x 2, paired): the target
-    came in 3.5 s against 6.0 s (median), sooner in 7 of 8 pairs, with the same best
-    value at the budget. The price is paid where the very first guesses were already
-    good: they are cut too (in two full benchmark runs, the seeds whose first random
-    configurations reached the target in 2.5-4.9 s took the default 4.0-12.7 s). A
-    small budget cannot spare those trials (a 20-trial job could end with none
-    completed), so below ``BOOTSTRAP_MIN_TRIALS`` none are cut.
-    """
-    p = spec.resolved_pruner
-    if p.bootstrap_count is not None:
-        return p.bootstrap_count
-    return p.reduction_factor - 1 if spec.budget.n_trials >= BOOTSTRAP_MIN_TRIALS else 0
-
-
-class SuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
-    """Optuna's successive halving, except that a trial the study was given (a warm
-    start's or a retry's enqueued parameters) is never cut for being early: the
-    bootstrap is there to stop the sampler's first guesses, not known configurations."""
-
-    def __init__(self, *, min_resource: int, reduction_factor: int, bootstrap_count: int) -> None:
-        super().__init__(
-            min_resource=min_resource, reduction_factor=reduction_factor,
-            bootstrap_count=bootstrap_count,
-        )
-        self._given = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=min_resource, reduction_factor=reduction_factor
-        )
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if "fixed_params" in trial.system_attrs:  # set by Study.enqueue_trial
-            return self._given.prune(study, trial)
-        return super().prune(study, trial)
 
 
 def may_prune(spec: StudySpec) -> Callable[[int], bool]:
