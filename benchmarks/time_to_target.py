@@ -106,7 +106,7 @@ def problem(size: Size) -> Problem:
         return Problem(
             options={"n_samples": 400, "n_features": 10, "n_informative": 6, "n_classes": 4,
                      "class_sep": 0.8, "flip_y": 0.1, "seed": 3},
-            max_epochs=6, budget_s=2.0, target=0.5,
+            max_epochs=6, budget_s=1.0, target=0.5,
         )
     return Problem(
         options={"n_samples": 10_000, "n_features": 30, "n_informative": 16, "n_classes": 12,

@@ -53,6 +53,13 @@ def asha_min_resource(max_epochs: int, reduction_factor: int) -> int:
     seeds on a shared 2-core machine): min_resource 3 reached the target before 1 in 21
     of 32 (median ratio 0.89, 0.17-4.3) and ended with the better best value in 21 of
     32, in about the same epochs; a modest gain, within the noise of any one run.
+
+    Nor later or gentler, though a cut at 3 epochs is blind among good configurations
+    (in random search's full trials on that task, those ending at 0.68 or more: rank
+    correlation of epoch 3 with the end 0.07, of epoch 9 0.37; over all trials 0.92, so
+    it does cut the poor ones). Paired runs, stopped at the target: one cut at 9 epochs
+    was sooner in 13 of 30 (9 of 16 at a harder target, 0.745 in 60 s), reduction
+    factor 2 in 10 of 30.
     """
     return max(1, max_epochs // reduction_factor**2)
 
