@@ -3,7 +3,7 @@
 >>> from tuner.settings import Settings
 >>> app = create_app(Settings(database_url="sqlite:///studies/tuner.db"))  # doctest: +SKIP
 
-The database must already be migrated (``tuner.jobs.migrate``; ``tuner serve`` does
+The database must already be migrated (``tuner.jobs.db.migrate``; ``tuner serve`` does
 it on start).
 """
 
@@ -37,7 +37,7 @@ from api.routes import (
 from api.schemas import GUARDED
 from api.security import Guard
 from tuner.engine import make_storage
-from tuner.jobs import JobStore
+from tuner.jobs.store import JobStore
 from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
 from tuner.webhooks import Deliverer

@@ -36,7 +36,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Request
 
-from tuner.jobs import Job
+from tuner.jobs.models import Job
 
 TTL_S = 1.0
 MAX_AGE_S = 2.0

@@ -18,7 +18,8 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import RDBStorage
 
 from api.cache import ReadCache
-from tuner.jobs import Job, JobStore
+from tuner.jobs.models import Job
+from tuner.jobs.store import JobStore
 from tuner.keys import KeyStore, Principal, Scope
 from tuner.settings import Settings
 

@@ -17,7 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from api.limits import TooManyJobs
-from tuner.jobs import IdempotencyConflict, InvalidRequest, InvalidTransition, JobError, JobNotFound
+from tuner.jobs.store import (
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidTransition,
+    JobError,
+    JobNotFound,
+)
 from tuner.keys import KeyNotFound, KeyRequestError
 from tuner.spec import SpecError, format_errors
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.security import refuse
 from tuner.data import DatasetError, resolve_path
-from tuner.jobs import InvalidRequest, JobStore
+from tuner.jobs.store import InvalidRequest, JobStore
 from tuner.keys import Principal
 from tuner.objective import get_objective
 from tuner.settings import Settings

@@ -18,7 +18,7 @@ import uvicorn
 from api.app import create_app
 from api.security import is_loopback
 from tuner.engine import tune_gc
-from tuner.jobs import make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.logs import configure_logging
 from tuner.settings import Settings, get_settings

@@ -28,7 +28,7 @@ from api.schemas import (
     finite,
     seconds_between,
 )
-from tuner.jobs import Job
+from tuner.jobs.models import Job
 
 
 def load_study(storage: BaseStorage, study_name: str) -> optuna.Study | None:

@@ -38,7 +38,8 @@ from benchmarks.service import (
     trials,
 )
 from tuner.engine import configure_torch
-from tuner.jobs import JobStore, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.worker import Worker

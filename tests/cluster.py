@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial
 from sqlalchemy import select
 
-from tuner.jobs import Job, JobStore, SlotState, TrialSlot
+from tuner.jobs.models import Job, SlotState, TrialSlot
+from tuner.jobs.store import JobStore
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "chaos-demo"
 

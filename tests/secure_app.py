@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
 from api.app import create_app
-from tuner.jobs import make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.settings import Settings
 

@@ -15,7 +15,7 @@ from a2wsgi import ASGIMiddleware
 from fastapi import FastAPI
 
 from api.app import create_app
-from tuner.jobs import migrate
+from tuner.jobs.db import migrate
 from tuner.settings import Settings
 
 

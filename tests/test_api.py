@@ -21,7 +21,7 @@ from safetensors import safe_open
 from specs import TINY_SPACE, tiny_spec
 
 from api.app import create_app
-from tuner.jobs import migrate
+from tuner.jobs.db import migrate
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.worker import run_worker

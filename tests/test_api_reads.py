@@ -27,7 +27,9 @@ from sqlalchemy import event
 from api.app import create_app
 from api.schemas import TrialOut
 from benchmarks.api_load import fill
-from tuner.jobs import Job, JobStore, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.models import Job
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import StudySpec, parse_spec
 

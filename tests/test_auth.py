@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from api.server import UnsafeBind, check_bind
 from tuner.cli_keys import keys_app
-from tuner.jobs import make_engine
-from tuner.jobs.db import VERSION_TABLE, alembic_config
+from tuner.jobs.db import VERSION_TABLE, alembic_config, make_engine
 from tuner.keys import ApiKey, KeyStore
 from tuner.settings import Settings
 

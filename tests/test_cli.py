@@ -114,6 +114,27 @@ def test_mistakes_are_one_red_line_and_exit_code_2(
     assert len(out.strip().splitlines()) == 1
 
 
+HEAVY = ("torch", "sklearn", "tuner.engine")
+
+
+def test_help_and_the_http_commands_leave_torch_unimported() -> None:
+    """``tuner --help``, ``submit``, ``status``, ``watch``... only parse or talk HTTP:
+    importing torch and the engine would add seconds to every call (4 s against 0.75 s
+    for ``tuner --help`` here)."""
+    probe = (
+        "import sys; from tuner.cli import app; "
+        "app(['keys', 'create', '--help'], standalone_mode=False); "
+        f"print('loaded:', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **ENV},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "read, submit" in done.stdout  # the help was rendered, scopes and all
+    assert done.stdout.strip().endswith("loaded: []")
+
+
 @pytest.mark.slow
 def test_the_installed_command_runs_exports_and_trains(
     tmp_path: Path, write_spec: Callable[..., Path]

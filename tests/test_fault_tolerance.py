@@ -36,7 +36,9 @@ from cluster import (
 from optuna.trial import TrialState
 from sqlalchemy import select
 
-from tuner.jobs import JobStore, WorkerRow, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.models import WorkerRow
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 from tuner.worker import Worker

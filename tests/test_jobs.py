@@ -17,17 +17,14 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from tuner.jobs import (
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.models import JobState, SlotState, TrialSlot
+from tuner.jobs.store import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
     JobNotFound,
-    JobState,
     JobStore,
-    SlotState,
-    TrialSlot,
-    make_engine,
-    migrate,
 )
 from tuner.spec import StudySpec
 
@@ -416,7 +413,7 @@ def test_events_resume_after_an_id(store: JobStore, make_spec: SpecFactory) -> N
 
 
 def test_transition_table_covers_every_state() -> None:
-    from tuner.jobs import TRANSITIONS
+    from tuner.jobs.store import TRANSITIONS
 
     reachable = {target for _, target in TRANSITIONS.values()}
     sources = {s for sources, _ in TRANSITIONS.values() for s in sources}

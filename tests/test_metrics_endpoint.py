@@ -16,8 +16,9 @@ from specs import tiny_spec
 from sqlalchemy import create_engine, update
 from test_api import client_for, make_settings, run_trials, spec
 
-from tuner.jobs import JobStore, WorkerRow, make_engine, migrate
-from tuner.jobs.models import utcnow
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.models import WorkerRow, utcnow
+from tuner.jobs.store import JobStore
 from tuner.monitoring import DURATION_BUCKETS, TunerCollector
 from tuner.settings import Settings
 

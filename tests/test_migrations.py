@@ -11,8 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 import tuner.keys  # noqa: F401 - registers the api_keys table on Base
-from tuner.jobs import make_engine, migrate
-from tuner.jobs.db import VERSION_TABLE, alembic_config, include_name
+from tuner.jobs.db import VERSION_TABLE, alembic_config, include_name, make_engine, migrate
 from tuner.jobs.models import Base
 
 

@@ -21,7 +21,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from tuner.jobs import JobStore, SlotState, TrialSlot, WorkerRow, make_engine
+from tuner.jobs.db import make_engine
+from tuner.jobs.models import SlotState, TrialSlot, WorkerRow
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tuner.jobs import JobStore, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.store import JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.spec import StudySpec
 

@@ -26,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from test_api import client_for, make_settings, run_trials, spec
 
-from tuner.jobs import JobStore, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
 from tuner.jobs.outbox import WebhookDelivery
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import SpecError, parse_spec
 from tuner.webhooks import Deliverer, UnsafeDestination, resolve, verify

@@ -24,7 +24,9 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from tuner.engine import ranked_trials
-from tuner.jobs import Job, JobStore, SlotState, TrialSlot, make_engine, migrate
+from tuner.jobs.db import make_engine, migrate
+from tuner.jobs.models import Job, SlotState, TrialSlot
+from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 from tuner.worker import Worker, WorkerPool, idle_wait, run_worker

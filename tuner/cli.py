@@ -383,7 +383,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run one standalone worker against the shared database (for more machines)."""
-    from tuner.jobs import migrate
+    from tuner.jobs.db import migrate
     from tuner.logs import configure_logging
     from tuner.worker import run_worker
 

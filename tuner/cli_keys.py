@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuner.jobs import make_engine, migrate
 from tuner.keys import SCOPES, KeyRequestError, KeyStore
 from tuner.settings import get_settings
 
@@ -37,7 +36,12 @@ StorageOpt = Annotated[
 
 @contextmanager
 def _store(url: str | None) -> Iterator[KeyStore]:
-    """The key store on a migrated database; a bad request is one red line, exit 2."""
+    """The key store on a migrated database; a bad request is one red line, exit 2.
+
+    The database layer is imported here: it pulls in the engine and torch (seconds),
+    which ``tuner --help`` and the HTTP commands should not wait for."""
+    from tuner.jobs.db import make_engine, migrate
+
     url = url or get_settings().database_url
     migrate(url)
     engine = make_engine(url)

@@ -24,6 +24,8 @@ from optuna.storages import RDBStorage
 from sqlalchemy import Connection, Insert, Select, Update, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes, trials
+
 __all__ = ["write"]
 
 _UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
@@ -82,9 +84,6 @@ class _Statements(NamedTuple):
 
 @cache
 def _statements(dialect: str) -> _Statements:
-    # Here, not at the top: tuner.jobs imports the engine, which imports the objective.
-    from tuner.jobs.optuna_tables import trial_intermediate_values, trial_user_attributes, trials
-
     insert = _UPSERTS[dialect]
     this_trial = trials.c.trial_id == bindparam("id")
     attrs = insert(trial_user_attributes)

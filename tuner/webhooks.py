@@ -49,9 +49,9 @@ import httpx
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import sessionmaker
 
-from tuner.jobs import InvalidRequest
 from tuner.jobs.models import utcnow
 from tuner.jobs.outbox import DeliveryState, WebhookDelivery
+from tuner.jobs.store import InvalidRequest
 from tuner.settings import Settings
 
 log = logging.getLogger("tuner.webhooks")

@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 
 from tuner import engine as optuna_engine
 from tuner.data import DatasetError
-from tuner.jobs import Claim, JobStore
+from tuner.jobs.store import Claim, JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
 from tuner.objective import Cancelled, ResultHook, evaluate

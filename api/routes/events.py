@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobDep, Read, StoreDep
 from api.schemas import INVALID, NOT_FOUND, TERMINAL_STATES
-from tuner.jobs import JobNotFound, JobStore
+from tuner.jobs.store import JobNotFound, JobStore
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["events"])
 

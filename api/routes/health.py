@@ -45,6 +45,6 @@ def readyz(store: StoreDep, response: Response) -> Readiness:
             status="unavailable",
             database=True,
             migrations=False,
-            detail="database schema is not at head; run `tuner serve` or tuner.jobs.migrate",
+            detail="database schema is not at head; run `tuner serve` or tuner.jobs.db.migrate",
         )
     return Readiness(status="ok", database=True, migrations=True)

@@ -12,7 +12,7 @@ from api.deps import JobDep, Read, StorageDep
 from api.errors import Conflict
 from api.schemas import NOT_FOUND
 from api.views import load_study
-from tuner.jobs import Job
+from tuner.jobs.models import Job
 from tuner.report import build_report, history_png
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["reports"], dependencies=[Read])

@@ -23,7 +23,7 @@ from api.schemas import (
     TrialStateName,
 )
 from api.views import study_id_of
-from tuner.jobs import Job
+from tuner.jobs.models import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/trials", tags=["trials"])
 

@@ -26,7 +26,7 @@ from api.errors import Conflict
 from api.limits import UPLOADS_DIR
 from api.schemas import CONFLICT, INVALID, ErrorOut, UploadOut
 from tuner.data import DatasetError, load_dataset
-from tuner.jobs import InvalidRequest
+from tuner.jobs.store import InvalidRequest
 from tuner.settings import Settings
 from tuner.spec import DatasetSpec, Task
 

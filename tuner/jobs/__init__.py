@@ -1,36 +1,6 @@
-"""Job service: tables, migrations and the store that is the only writer of jobs.
+"""Job service: tables (``models``), migrations (``db``) and the store that is the only
+writer of jobs (``store``; see it for how trials count toward a job's budget).
 
-See ``tuner.jobs.store`` for how trials count toward a job's budget.
+Nothing is imported here: ``tuner.keys`` and the command line read ``models`` without
+paying for the store's imports (the engine, torch: seconds).
 """
-
-from tuner.jobs.db import make_engine, migrate
-from tuner.jobs.models import Job, JobEvent, JobState, SlotState, TrialSlot, WorkerRow
-from tuner.jobs.store import (
-    TRANSITIONS,
-    Claim,
-    IdempotencyConflict,
-    InvalidRequest,
-    InvalidTransition,
-    JobError,
-    JobNotFound,
-    JobStore,
-)
-
-__all__ = [
-    "TRANSITIONS",
-    "Claim",
-    "IdempotencyConflict",
-    "InvalidRequest",
-    "InvalidTransition",
-    "Job",
-    "JobError",
-    "JobEvent",
-    "JobNotFound",
-    "JobState",
-    "JobStore",
-    "SlotState",
-    "TrialSlot",
-    "WorkerRow",
-    "make_engine",
-    "migrate",
-]

@@ -1,4 +1,4 @@
-"""Alembic environment for tuner's tables; run through ``tuner.jobs.migrate(url)``.
+"""Alembic environment for tuner's tables; run through ``tuner.jobs.db.migrate(url)``.
 
 With the alembic CLI, the URL comes from ``TUNER_DATABASE_URL``:
 ``alembic -c tuner/migrations/alembic.ini upgrade head``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import tuner.jobs.outbox  # registers webhook_deliveries on Base, for autogenerate
 import tuner.keys  # noqa: F401 - registers the api_keys table on Base, for autogenerate
 from tuner.jobs.db import VERSION_TABLE, include_name, make_engine
 from tuner.jobs.models import Base
