@@ -86,6 +86,7 @@ INVALID: Responses = {
 }
 """Error answers per route, for the OpenAPI description."""
 GUARDED: Responses = {
+    400: {"model": ErrorOut, "description": "A malformed Content-Length header."},
     401: {"model": ErrorOut, "description": "No valid API key (once any key exists)."},
     403: {"model": ErrorOut, "description": "The key lacks the scope this needs."},
     413: {"model": ErrorOut, "description": "The body is over TUNER_MAX_BODY_KB."},
