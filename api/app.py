@@ -36,10 +36,10 @@ from api.routes import (
 )
 from api.schemas import GUARDED
 from api.security import Guard
-from tuner.engine import make_storage
 from tuner.jobs.store import JobStore
 from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
+from tuner.storage import make_storage
 from tuner.webhooks import Deliverer
 
 DESCRIPTION = """\

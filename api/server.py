@@ -17,7 +17,7 @@ import uvicorn
 
 from api.app import create_app
 from api.security import is_loopback
-from tuner.engine import tune_gc
+from tuner.gc_tuning import tune_gc
 from tuner.jobs.db import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.logs import configure_logging

@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select
 
 from benchmarks.common import Goal, Report, Size, figure, interleave, ratios, stats
 from benchmarks.service import Server, run_job, small_job
-from tuner.engine import make_storage
+from tuner.storage import make_storage
 
 CLIENTS = 32
 GOAL_MS = 100.0

@@ -56,9 +56,11 @@ from optuna.trial import TrialState
 
 from benchmarks import hyperopt_compare
 from benchmarks.common import Goal, Record, Report, Size, figure, interleave, ratios, stats
-from tuner.engine import create_study, make_pruner, make_sampler, make_storage, tune_gc
+from tuner.engine import create_study, make_pruner, make_sampler
+from tuner.gc_tuning import tune_gc
 from tuner.objective import Cancelled, evaluate, fit, load_data
 from tuner.spec import StudySpec, parse_spec
+from tuner.storage import make_storage
 from tuner.train import Diverged, resolve_hp
 
 STUDY = "bench"

@@ -14,8 +14,10 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from tuner import engine
+from tuner.errors import UsageError
 from tuner.objective import Cancelled, evaluate, list_objectives
 from tuner.spec import SpecError, StudySpec
+from tuner.storage import make_storage
 
 Spec = Callable[..., StudySpec]
 
@@ -28,7 +30,7 @@ def states(study: optuna.Study) -> list[TrialState]:
 
 
 def test_sqlite_storage_runs_wal_normal_sync_and_a_long_busy_timeout(sqlite_url: str) -> None:
-    storage = engine.make_storage(sqlite_url)
+    storage = make_storage(sqlite_url)
     assert Path(sqlite_url.removeprefix("sqlite:///")).parent.is_dir()
     with storage.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -40,7 +42,7 @@ def test_sqlite_storage_runs_wal_normal_sync_and_a_long_busy_timeout(sqlite_url:
 def test_postgres_storage_has_a_bounded_pool_and_runs_a_study(
     postgres_url: str, make_spec: Spec
 ) -> None:
-    storage = engine.make_storage(postgres_url.replace("postgresql+psycopg", "postgresql"))
+    storage = make_storage(postgres_url.replace("postgresql+psycopg", "postgresql"))
     assert storage.engine.dialect.driver == "psycopg"
     assert storage.engine.pool.size() == engine.get_settings().db_pool_size
     study = engine.run_study(make_spec(), storage_url=postgres_url, n_trials=2, device="cpu")
@@ -195,7 +197,7 @@ def test_a_diverging_lr_fails_its_trial_with_a_reason_and_the_study_goes_on(
 
 def test_cancellation_stops_a_trial_between_epochs(sqlite_url: str, make_spec: Spec) -> None:
     spec = make_spec()
-    study = engine.create_study(spec, engine.make_storage(sqlite_url))
+    study = engine.create_study(spec, make_storage(sqlite_url))
     study.optimize(
         lambda trial: evaluate(spec, trial, should_stop=lambda: True),
         n_trials=1, catch=(Cancelled,),
@@ -253,16 +255,16 @@ def test_running_again_resumes_up_to_the_budget(sqlite_url: str, make_spec: Spec
 def test_a_spec_with_another_metric_count_cannot_reuse_a_study(
     sqlite_url: str, make_spec: Spec
 ) -> None:
-    storage = engine.make_storage(sqlite_url)
+    storage = make_storage(sqlite_url)
     engine.create_study(make_spec(), storage)
     two = make_spec(metrics=[{"name": "val_accuracy"}, {"name": "n_params"}])
-    with pytest.raises(engine.UsageError, match="rename the spec"):
+    with pytest.raises(UsageError, match="rename the spec"):
         engine.create_study(two, storage)
 
 
 def test_load_study_names_the_studies_there_are(sqlite_url: str, make_spec: Spec) -> None:
-    engine.create_study(make_spec(name="present"), engine.make_storage(sqlite_url))
-    with pytest.raises(engine.UsageError, match=r"no study named .absent.*present"):
+    engine.create_study(make_spec(name="present"), make_storage(sqlite_url))
+    with pytest.raises(UsageError, match=r"no study named .absent.*present"):
         engine.load_study(sqlite_url, "absent")
 
 
@@ -273,13 +275,13 @@ def test_pick_device_prefers_cuda_and_refuses_what_is_not_there() -> None:
     assert engine.pick_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert engine.pick_device("auto").type == expected
-    with pytest.raises(engine.UsageError, match="unknown device"):
+    with pytest.raises(UsageError, match="unknown device"):
         engine.pick_device("tpu-ish")
     if not torch.cuda.is_available():
-        with pytest.raises(engine.UsageError, match="no GPU"):
+        with pytest.raises(UsageError, match="no GPU"):
             engine.pick_device("cuda:0")
     else:
-        with pytest.raises(engine.UsageError, match="does not exist"):
+        with pytest.raises(UsageError, match="does not exist"):
             engine.pick_device(f"cuda:{torch.cuda.device_count()}")
 
 

@@ -12,7 +12,9 @@ from optuna.trial import TrialState
 from safetensors import safe_open
 
 from tuner import engine, export
+from tuner.errors import UsageError
 from tuner.spec import Branches, StudySpec, dump_spec, parse_spec
+from tuner.storage import make_storage
 from tuner.weights import save_model
 
 Spec = Callable[..., StudySpec]
@@ -93,12 +95,12 @@ def test_export_of_a_pareto_study_takes_the_best_on_the_first_metric(
 
 
 def test_export_errors_say_what_to_do(study_url: str, tmp_path: Path) -> None:
-    with pytest.raises(engine.UsageError, match="no trial 99"):
+    with pytest.raises(UsageError, match="no trial 99"):
         export.export_best(study_url, "tiny", trial_number=99)
-    with pytest.raises(engine.UsageError, match="no study named 'nope'"):
+    with pytest.raises(UsageError, match="no study named 'nope'"):
         export.export_best(study_url, "nope")
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    optuna.create_study(study_name="foreign", storage=engine.make_storage(empty))
-    with pytest.raises(engine.UsageError, match="not created by tuner"):
+    optuna.create_study(study_name="foreign", storage=make_storage(empty))
+    with pytest.raises(UsageError, match="not created by tuner"):
         export.export_best(empty, "foreign")
 

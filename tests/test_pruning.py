@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from tuner import pruning
-from tuner.engine import create_study, make_pruner, make_storage
+from tuner.engine import create_study, make_pruner
 from tuner.spec import StudySpec
+from tuner.storage import make_storage
 
 
 def _spec(pruner: dict, max_epochs: int = 27) -> StudySpec:

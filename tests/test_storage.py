@@ -20,8 +20,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 
-from tuner.engine import make_storage
-from tuner.storage import TunerStorage
+from tuner.storage import TunerStorage, make_storage
 
 
 def _same(ours: list[FrozenTrial], optunas: list[FrozenTrial]) -> None:

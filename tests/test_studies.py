@@ -10,6 +10,7 @@ from tuner import engine
 from tuner.data import load_dataset
 from tuner.objective import resolved_metrics
 from tuner.spec import load_spec
+from tuner.storage import make_storage
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
 
@@ -31,6 +32,6 @@ def test_each_example_parses_loads_and_builds_its_study(path: Path) -> None:
     assert spec.name == path.stem, "the study is named after its file, so export finds it"
     data = load_dataset(spec.dataset)
     assert resolved_metrics(spec, data.task)
-    study = engine.create_study(spec, engine.make_storage("sqlite:///:memory:"))
+    study = engine.create_study(spec, make_storage("sqlite:///:memory:"))
     assert len(study.directions) == len(resolved_metrics(spec, data.task))
     assert spec.budget.n_trials * spec.budget.max_epochs <= 2000, "keep examples a minute or two"

@@ -10,7 +10,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from sqlalchemy import event
 
-from tuner.engine import make_storage
+from tuner.storage import make_storage
 from tuner.trial_writes import write
 
 ATTRS = {

@@ -6,7 +6,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.engine import make_storage, ranked_trials
+from tuner.engine import ranked_trials
+from tuner.storage import make_storage
 from tuner.weights import in_top_k
 
 VALUES = [0.5, 0.2, 0.9, 0.2, 0.7, 0.4]

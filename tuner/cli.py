@@ -72,7 +72,7 @@ DataRootOpt = Annotated[
 def user_errors() -> Iterator[None]:
     """Print a mistake the user can fix as one red line and exit with code 2."""
     from tuner.data import DatasetError
-    from tuner.engine import UsageError
+    from tuner.errors import UsageError
 
     try:
         yield
@@ -175,13 +175,15 @@ def run(
         spec = load_spec(spec_file)
         _quiet_optuna()
         from tuner import engine
+        from tuner.errors import UsageError
         from tuner.objective import load_data
+        from tuner.storage import make_storage
 
         url = _storage(storage)
         root = data_root or get_settings().data_root
         # Everything that can be wrong is checked before the bar appears.
         load_data(spec, root, engine.pick_device(device))
-        study = engine.create_study(spec, engine.make_storage(url))
+        study = engine.create_study(spec, make_storage(url))
         existing = len(study.get_trials(deepcopy=False, states=engine.FINISHED))
         total = n_trials or spec.budget.n_trials
         columns = (
@@ -208,7 +210,7 @@ def run(
             f"in {time.monotonic() - started:.1f} s (storage {url})"
         )
         if not study.best_trials:
-            raise engine.UsageError("no trial completed; check the failed trials' fail_reason")
+            raise UsageError("no trial completed; check the failed trials' fail_reason")
         console.print(_trials_table(study, limit=5))
         console.print(f"next: tuner export {study.study_name} -o best.yaml --storage {url}")
 
@@ -226,12 +228,14 @@ def show(
         _quiet_optuna()
         import optuna
 
-        from tuner import engine
+        from tuner.storage import make_storage
 
         url = _storage(storage)
         if study_name is None:
-            _list_studies(optuna.get_all_study_summaries(engine.make_storage(url)), url)
+            _list_studies(optuna.get_all_study_summaries(make_storage(url)), url)
             return
+        from tuner import engine
+
         study = engine.load_study(url, study_name)
         spec = study.user_attrs.get("spec", {})
         console.print(

@@ -1,4 +1,4 @@
-"""Storage, sampler and pruner from a spec; create a study; run a whole study in-process.
+"""Sampler and pruner from a spec; create a study; run a whole study in-process.
 
 The service (``tuner.jobs`` / ``tuner.worker``) and ``tuner run`` share these
 factories, so a study looks the same whichever way it was run.
@@ -11,10 +11,7 @@ factories, so a study looks the same whichever way it was run.
 
 from __future__ import annotations
 
-import functools
-import gc
 import os
-import sqlite3
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,100 +19,28 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
 from tuner import space as spaces
+from tuner.errors import UsageError
 from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
 from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
-from tuner.storage import TunerStorage
+from tuner.storage import make_storage
 from tuner.train import Diverged
 
 __all__ = [
-    "UsageError",
     "configure_torch",
     "create_study",
     "load_spec_of",
     "load_study",
     "make_pruner",
     "make_sampler",
-    "make_storage",
     "pick_device",
     "run_study",
-    "tune_gc",
 ]
-
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-class UsageError(ValueError):
-    """A request the engine cannot follow (no such study, no such device), with advice."""
-
-
-# --- storage -------------------------------------------------------------------------
-
-
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    """Open SQLite tuned for several processes: WAL, a long busy timeout, NORMAL sync."""
-    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
-
-
-def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:
-    """The URL to use and SQLAlchemy engine options for it (SQLite pragmas, a bounded pool).
-
-    SQLite connections are opened by ``_sqlite_connect`` (passed as SQLAlchemy's
-    ``creator``, a picklable partial), so every pooled connection gets the pragmas.
-    ``postgresql://`` is read as psycopg 3, the driver this project installs.
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:"):
-            return url, {}
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        return url, {"creator": functools.partial(_sqlite_connect, database)}
-    if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":
-            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        settings = get_settings()
-        return url, {
-            "pool_size": settings.db_pool_size,
-            "max_overflow": settings.db_max_overflow,
-            "pool_pre_ping": True,
-        }
-    return url, {"pool_pre_ping": True}
-
-
-def make_storage(
-    url: str,
-    *,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-) -> RDBStorage:
-    """Optuna's RDB storage on ``url`` (SQLite or PostgreSQL), the same code for both;
-    trials are read back in Core (``tuner.storage``).
-
-    ``failed_trial_callback`` runs for each trial failed by the heartbeat check
-    (Optuna's ``heartbeat_stale_trial_callback``), e.g. to retry its parameters.
-    """
-    url, kwargs = engine_kwargs_for(url)
-    try:
-        return TunerStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
-        )
-    except (ImportError, optuna.exceptions.StorageInternalError) as exc:
-        raise UsageError(f"cannot open storage {make_url(url)!r}: {exc}") from None
-
 
 # --- sampler and pruner ----------------------------------------------------------------
 
@@ -294,22 +219,6 @@ def configure_torch(parallel: int, threads: int | None = None) -> int:
     n = threads or max(1, _cores() // max(1, parallel))
     torch.set_num_threads(n)
     return n
-
-
-def tune_gc() -> None:
-    """Keep Python's cyclic collector from pausing a long-lived process (the API server,
-    a worker) for 50-400 ms at a time.
-
-    What is loaded by now (torch, Optuna, SQLAlchemy, the app: ~400,000 objects) lives
-    as long as the process: frozen, no collection walks it again. Collecting the
-    youngest objects every 50,000 allocations instead of 700, and all of them every 100
-    middle ones instead of 10: in the API, 32 pollers' p99 went from 110-240 ms to ~70
-    (optuna-dashboard keeps every trial of each study it showed, ~1M objects at 10,000
-    trials); in a worker running 0.3 s trials, collections took 8% of the wall time
-    before and 4% after.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
 from tuner import space as spaces
-from tuner.engine import UsageError, load_spec_of, load_study, pick_device, ranked_trials
+from tuner.engine import load_spec_of, load_study, pick_device, ranked_trials
+from tuner.errors import UsageError
 from tuner.objective import fit, get_objective, load_data, resolved_metrics
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult

@@ -1,4 +1,5 @@
-"""Optuna's RDB storage, with trials read in SQLAlchemy Core instead of the ORM.
+"""Optuna's RDB storage on SQLite or PostgreSQL (``make_storage``), with trials read in
+SQLAlchemy Core instead of the ORM.
 
 Reading trials is most of what Optuna does with its database: a running trial is read
 back three times per trial (``Trial()`` in ``ask``, ``tell``, and ``optimize`` before
@@ -18,13 +19,17 @@ row (see ``TunerStorage._set_trial_param``): 0.21 ms a suggest against 0.63 ms.
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections import defaultdict
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 from optuna import distributions
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
@@ -42,8 +47,73 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.engine import make_url
 
-__all__ = ["TunerStorage"]
+from tuner.errors import UsageError
+from tuner.settings import get_settings
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "engine_kwargs_for", "make_storage"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    """Open SQLite tuned for several processes: WAL, a long busy timeout, NORMAL sync."""
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL to use and SQLAlchemy engine options for it (SQLite pragmas, a bounded pool).
+
+    SQLite connections are opened by ``_sqlite_connect`` (passed as SQLAlchemy's
+    ``creator``, a picklable partial), so every pooled connection gets the pragmas.
+    ``postgresql://`` is read as psycopg 3, the driver this project installs.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return url, {}
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return url, {"creator": functools.partial(_sqlite_connect, database)}
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        settings = get_settings()
+        return url, {
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_pre_ping": True,
+        }
+    return url, {"pool_pre_ping": True}
+
+
+def make_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> RDBStorage:
+    """Optuna's RDB storage on ``url`` (SQLite or PostgreSQL), the same code for both;
+    trials are read back in Core (``TunerStorage``).
+
+    ``failed_trial_callback`` runs for each trial failed by the heartbeat check
+    (Optuna's ``heartbeat_stale_trial_callback``), e.g. to retry its parameters.
+    """
+    url, kwargs = engine_kwargs_for(url)
+    try:
+        return TunerStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
+        )
+    except (ImportError, optuna.exceptions.StorageInternalError) as exc:
+        raise UsageError(f"cannot open storage {make_url(url)!r}: {exc}") from None
+
 
 _trials: Table = models.TrialModel.__table__
 _studies: Table = models.StudyModel.__table__

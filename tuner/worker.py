@@ -35,18 +35,21 @@ from sqlalchemy import Engine
 
 from tuner import engine as optuna_engine
 from tuner.data import DatasetError
+from tuner.errors import UsageError
+from tuner.gc_tuning import tune_gc
 from tuner.jobs.store import Claim, JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
 from tuner.objective import Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
+from tuner.storage import make_storage
 from tuner.train import Diverged, TrainResult
 from tuner.weights import in_top_k, keep_top_k, upload_weights
 
 log = logging.getLogger("tuner.worker")
 
-JOB_ERRORS = (SpecError, DatasetError, optuna_engine.UsageError)
+JOB_ERRORS = (SpecError, DatasetError, UsageError)
 """Errors that would repeat on every trial of the job: they fail the job, with the message."""
 
 STOP_CHECK_S = 1.0
@@ -115,7 +118,7 @@ class Worker:
         # No Optuna heartbeat: its stale-trial check (run as each trial starts) would race
         # our reaper after a crash and fail lost trials without retrying them or
         # releasing their slots, so a crash would use up the budget.
-        self.storage = optuna_engine.make_storage(settings.database_url)
+        self.storage = make_storage(settings.database_url)
         # One connection pool per process: the job store shares Optuna's engine, so a
         # worker holds at most db_pool_size + db_max_overflow connections.
         self.store = JobStore(engine or self.storage.engine, self.storage)
@@ -356,7 +359,7 @@ def run_worker(
     optuna_engine.configure_torch(1, settings.torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker = Worker(settings, worker_id=worker_id, stop=stop)
-    optuna_engine.tune_gc()  # after the imports and the storage: the process's lifelong part
+    tune_gc()  # after the imports and the storage: the process's lifelong part
     if threading.current_thread() is threading.main_thread():
         _handle_signals(worker)
     return worker.run(max_trials)

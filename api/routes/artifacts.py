@@ -13,7 +13,7 @@ from api.deps import ArtifactsDep, JobDep, Read, StorageDep
 from api.errors import Conflict
 from api.schemas import NOT_FOUND, ErrorOut
 from api.views import load_study
-from tuner.engine import UsageError
+from tuner.errors import UsageError
 from tuner.export import export_best, pick_trial
 from tuner.spec import dump_spec
 

@@ -16,8 +16,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tuner import engine as optuna_engine
 from tuner.jobs.models import Base
+from tuner.storage import engine_kwargs_for, make_storage
 
 VERSION_TABLE = "tuner_alembic_version"
 """Our Alembic version table; Optuna keeps its own ``alembic_version`` beside it."""
@@ -30,7 +30,7 @@ def make_engine(url: str) -> Engine:
     """An engine for the job tables, set up like Optuna's storage on the same URL.
 
     SQLite: WAL, busy_timeout 30 s, synchronous=NORMAL on every connection (the helper
-    is shared with ``engine.make_storage``). PostgreSQL: psycopg 3 with a bounded pool
+    is shared with ``tuner.storage.make_storage``). PostgreSQL: psycopg 3 with a bounded pool
     (``db_pool_size`` + ``db_max_overflow`` per process) and pre-ping.
     """
     backend = make_url(url).get_backend_name()
@@ -39,7 +39,7 @@ def make_engine(url: str) -> Engine:
             f"unsupported database URL {make_url(url)!r}: use sqlite:///path/to/file.db "
             "or postgresql+psycopg://user@host/db"
         )
-    url, kwargs = optuna_engine.engine_kwargs_for(url)
+    url, kwargs = engine_kwargs_for(url)
     return create_engine(url, **kwargs)
 
 
@@ -91,7 +91,7 @@ def migrate(url: str) -> None:
                 config = alembic_config()
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
-            storage = optuna_engine.make_storage(url)  # creates and stamps Optuna's tables
+            storage = make_storage(url)  # creates and stamps Optuna's tables
             storage.remove_session()
             storage.engine.dispose()
     finally:

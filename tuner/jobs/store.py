@@ -73,6 +73,7 @@ from tuner.jobs.models import (
 from tuner.jobs.wakeup import notify_work
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
+from tuner.storage import make_storage
 
 WARM_START_TOP_K = 10
 """How many of an earlier job's best configurations ``warm_start_from`` enqueues."""
@@ -225,7 +226,7 @@ class JobStore:
         """Optuna's storage on the same database, opened on first use."""
         if self._storage is None:
             url = self.engine.url.render_as_string(hide_password=False)
-            self._storage = optuna_engine.make_storage(url)
+            self._storage = make_storage(url)
         return self._storage
 
     @contextmanager
