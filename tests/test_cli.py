@@ -74,6 +74,19 @@ def test_run_export_train_reproduces_the_trial_metric(
         assert f.keys() and "hp" in f.metadata()
 
 
+def test_a_run_that_ends_at_its_timeout_shows_the_time_left(
+    tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
+) -> None:
+    """Trials to spare and a timeout: the timeout ends the run, and the ETA says so (rich's
+    estimate from the trials left read over an hour for an 8 s run)."""
+    budget = {"n_trials": 100_000, "timeout_s": 2, "max_epochs": 2}
+    spec_file = write_spec(tmp_path / "spec.yaml", budget=budget)
+    code, out = invoke("run", str(spec_file), "--storage", sqlite_url, "--device", "cpu")
+    assert code == 0, out
+    last_frame = next(line for line in out.splitlines() if "/100000" in line)
+    assert re.search(r"\b\d{2,}/100000 .* eta 0:00$", last_frame.strip()), last_frame
+
+
 def test_export_writes_json_to_stdout(
     tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
 ) -> None:

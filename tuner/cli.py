@@ -27,12 +27,15 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from tuner import remote
 from tuner.cli_keys import keys_app
@@ -154,6 +157,54 @@ class _ProgressCallback:
         self.progress.update(self.task, advance=1, **_progress_fields(study))
 
 
+class _TimeBudget:
+    """The run's deadline, when it has a timeout: whichever of the trials and the time
+    runs out first ends the run, so the bar and the ETA follow that one (the job API's
+    ``eta_s`` is capped the same way)."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def spent(self) -> float:
+        """Fraction of the time used, 0 without a timeout."""
+        if self.deadline is None or not self.timeout_s:
+            return 0.0
+        return min(1.0, 1 - (self.deadline - time.monotonic()) / self.timeout_s)
+
+    def left(self, by_trials: float | None) -> float | None:
+        if self.deadline is None:
+            return by_trials
+        by_time = max(0.0, self.deadline - time.monotonic())
+        return by_time if by_trials is None else min(by_trials, by_time)
+
+
+class _BudgetBar(BarColumn):
+    """Filled by the trials done or the time used, whichever is further along."""
+
+    def __init__(self, budget: _TimeBudget) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def render(self, task: Task) -> ProgressBar:
+        bar = super().render(task)
+        if bar.total:
+            bar.completed = max(bar.completed, bar.total * self.budget.spent())
+        return bar
+
+
+class _BudgetEta(ProgressColumn):
+    """Rich's estimate from the trials still to run, capped by the time left."""
+
+    def __init__(self, budget: _TimeBudget) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def render(self, task: Task) -> Text:
+        left = self.budget.left(task.time_remaining)
+        return Text(f"eta {remote.duration(left)}", style="progress.remaining")
+
+
 # --- commands ------------------------------------------------------------------------
 
 
@@ -186,15 +237,15 @@ def run(
         study = engine.create_study(spec, make_storage(url))
         existing = len(study.get_trials(deepcopy=False, states=engine.FINISHED))
         total = n_trials or spec.budget.n_trials
+        budget = _TimeBudget(timeout or spec.budget.timeout_s)
         columns = (
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            _BudgetBar(budget),
             MofNCompleteColumn(),
             TextColumn("best [cyan]{task.fields[best]}[/cyan]"),
             TextColumn("pruned {task.fields[pruned]}  failed {task.fields[failed]}"),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            _BudgetEta(budget),
         )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(

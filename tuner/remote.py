@@ -88,7 +88,8 @@ def _num(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """``m:ss`` or ``h:mm:ss``; ``-`` when not known."""
     if seconds is None:
         return "-"
     minutes, secs = divmod(round(seconds), 60)
@@ -153,7 +154,7 @@ def follow(client: Client, job_id: str) -> Job:
             progress.update(
                 task, description=job.name, total=job.budget.n_trials, completed=job.finished,
                 state=_state(job), best=_best(job), pruned=pruned, failed=failed,
-                eta=_duration(job.eta_s),
+                eta=duration(job.eta_s),
             )
 
         try:
@@ -263,9 +264,9 @@ def status(job_id: JobArg, server: ServerOpt = None, key: KeyOpt = None) -> None
         )
     grid.add_row("trials", f"{job.finished} of {job.budget.n_trials} finished{counts}")
     grid.add_row("best", _best(job))
-    grid.add_row("elapsed", _duration(job.elapsed_s))
+    grid.add_row("elapsed", duration(job.elapsed_s))
     if not job.done:
-        grid.add_row("eta", _duration(job.eta_s))
+        grid.add_row("eta", duration(job.eta_s))
     if job.links.get("dashboard"):
         grid.add_row("dashboard", f"{base}{job.links['dashboard']}")
     console.print(grid, highlight=False)
