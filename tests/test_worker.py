@@ -179,6 +179,26 @@ def test_a_broken_dataset_fails_the_job_with_its_reason(
     assert store.claim("w") is None
 
 
+def test_a_study_deleted_from_the_dashboard_fails_its_job_once(
+    settings: Settings, store: JobStore, make_spec: SpecFactory
+) -> None:
+    """optuna-dashboard can delete a job's study; the job then fails with the reason,
+    instead of every worker claiming its slot again at once (1,477 failures in 3 s)."""
+    running, _ = store.create(make_spec(name="running", budget={"n_trials": 5, "max_epochs": 2}))
+    worker = Worker(settings)
+    worker.run(max_trials=1)  # the worker now holds the job's study
+    optuna.delete_study(study_name=running.study_name, storage=store.storage)
+    queued, _ = store.create(make_spec(name="queued", budget={"n_trials": 5, "max_epochs": 2}))
+    optuna.delete_study(study_name=queued.study_name, storage=store.storage)
+
+    worker.run(max_trials=3)  # one claim each, and nothing left to claim
+    for job in (running, queued):
+        job = store.get(job.id)
+        assert job.state == "failed", job.reason
+        assert f"study {job.study_name!r} was deleted" in (job.reason or "")
+    assert store.claim("w") is None
+
+
 def test_cancel_stops_the_running_trial_and_resume_finishes(
     settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
 ) -> None:

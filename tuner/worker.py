@@ -37,7 +37,7 @@ from tuner import engine as optuna_engine
 from tuner.data import DatasetError
 from tuner.errors import UsageError
 from tuner.gc_tuning import tune_gc
-from tuner.jobs.store import Claim, JobStore
+from tuner.jobs.store import Claim, JobNotFound, JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
 from tuner.objective import Cancelled, ResultHook, evaluate
@@ -188,8 +188,8 @@ class Worker:
         self._uploaded = None
         try:
             spec, study = self._study(claim)
-        except KeyError:  # the study is gone: the job was deleted
-            self._settle(claim, release="job deleted")
+        except KeyError:  # the study is gone
+            self._study_gone(claim)
             return
         except JOB_ERRORS as exc:
             self._fail_job(claim, exc)
@@ -206,6 +206,9 @@ class Worker:
         except JOB_ERRORS as exc:
             self._fail_job(claim, exc)
         except Exception:
+            if not self._exists(study):
+                self._study_gone(claim)
+                return
             log.exception("trial of job %s failed", claim.job_id)
             self._settle(claim, release=None if self._trial_id() else "trial did not start")
         else:
@@ -213,6 +216,28 @@ class Worker:
         finally:
             with self._lock:
                 self._current = None
+
+    def _exists(self, study: optuna.Study) -> bool:
+        try:
+            self.storage.get_study_name_from_id(study._study_id)
+        except KeyError:
+            return False
+        return True
+
+    def _study_gone(self, claim: Claim) -> None:
+        """The job's study was deleted: with the job (nothing left to do), or on its own,
+        from optuna-dashboard, which leaves the job unable to go on. Releasing its slot
+        would have every worker claim it again at once, failing each time."""
+        self._studies.pop(claim.job_id, None)
+        try:
+            self.store.get(claim.job_id)
+        except JobNotFound:
+            self._settle(claim, release="job deleted")
+            return
+        self._fail_job(claim, UsageError(
+            f"the job's study {claim.study_name!r} was deleted (from optuna-dashboard?), "
+            "so its trials are gone; submit the job again"
+        ))
 
     def _fail_job(self, claim: Claim, exc: Exception) -> None:
         """The job's spec or data cannot work: count the failed trial, fail the job."""
