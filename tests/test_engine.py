@@ -16,6 +16,7 @@ from sqlalchemy import text
 from tuner import engine
 from tuner.errors import UsageError
 from tuner.objective import Cancelled, evaluate, list_objectives
+from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec
 from tuner.storage import make_storage
 
@@ -193,6 +194,23 @@ def test_a_diverging_lr_fails_its_trial_with_a_reason_and_the_study_goes_on(
         assert trial.params["lr"] == 1.0e6
         assert "lower lr" in trial.user_attrs["fail_reason"]
     assert all(t.params["lr"] == 0.01 for t in done)
+
+
+def test_tuner_run_fails_a_model_over_the_parameter_limit_and_goes_on(
+    sqlite_url: str, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNER_MAX_MODEL_PARAMS", "2000")
+    get_settings.cache_clear()
+    try:
+        spec = make_spec(search_space={"width": {"choices": [8, 256]}, "depth": 2})
+        study = engine.run_study(spec, storage_url=sqlite_url, device="cpu", n_trials=6)
+    finally:
+        get_settings.cache_clear()
+    states = {t.params["width"]: (t.state, t.user_attrs.get("fail_reason", "")) for t in
+              study.trials}
+    assert states[8] == (TrialState.COMPLETE, "")
+    assert states[256][0] == TrialState.FAIL
+    assert "TUNER_MAX_MODEL_PARAMS" in states[256][1]
 
 
 def test_cancellation_stops_a_trial_between_epochs(sqlite_url: str, make_spec: Spec) -> None:

@@ -24,12 +24,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space as spaces
 from tuner.errors import UsageError
-from tuner.objective import evaluate, get_objective, load_data, resolved_metrics
+from tuner.objective import TRIAL_FAILURES, evaluate, get_objective, load_data, resolved_metrics
 from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.storage import make_storage
-from tuner.train import Diverged
 
 __all__ = [
     "configure_torch",
@@ -274,10 +273,13 @@ def run_study(
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < total:
         study.optimize(
-            lambda trial: evaluate(spec, trial, data_root=root, device=torch_device),
+            lambda trial: evaluate(
+                spec, trial, data_root=root, device=torch_device,
+                max_params=settings.max_model_params,
+            ),
             n_trials=total - done,
             timeout=timeout or spec.budget.timeout_s,
-            catch=(Diverged,),
+            catch=TRIAL_FAILURES,
             callbacks=list(callbacks),
             gc_after_trial=False,
         )

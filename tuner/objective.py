@@ -77,7 +77,9 @@ from tuner.trial_writes import write
 __all__ = [
     "CNN",
     "MLP",
+    "TRIAL_FAILURES",
     "Cancelled",
+    "ModelTooLarge",
     "Objective",
     "ResultHook",
     "evaluate",
@@ -300,18 +302,47 @@ ResultHook = Callable[[optuna.Trial, train.TrainResult, dict[str, Any], list[flo
 """``on_result(trial, result, hp, values)``: a finished training, its objective values."""
 
 
+class ModelTooLarge(ValueError):
+    """A configuration whose model has more parameters than the settings allow."""
+
+
+TRIAL_FAILURES = (train.Diverged, ModelTooLarge)
+"""Errors that fail one trial, with its ``fail_reason``, while the study goes on (pass
+them as ``catch`` to ``study.optimize``)."""
+
+
+def _check_size(
+    objective: Objective, hp: dict[str, Any], data: datasets.Dataset, limit: int
+) -> None:
+    """Build the model on the meta device (shapes, no memory) and refuse one over
+    ``limit`` parameters: a width or depth from a request must not take a worker's
+    memory (width 10^8 asked for 40 PB and left the worker holding 5.6 GB)."""
+    with torch.device("meta"):
+        n = models.count_parameters(objective.build(hp, data))
+    if n > limit:
+        raise ModelTooLarge(
+            f"this configuration builds a model of {n:,} parameters, over the limit of "
+            f"{limit:,} (TUNER_MAX_MODEL_PARAMS); narrow width or depth"
+        )
+
+
 def fit(
     spec: StudySpec,
     hp: dict[str, Any],
     data: datasets.Dataset,
     device: torch.device | str,
     on_epoch: EpochHook | None = None,
+    max_params: int | None = None,
 ) -> train.TrainResult:
-    """Seed, build and train one configuration: the same steps for a trial and a retrain."""
+    """Seed, build and train one configuration: the same steps for a trial and a retrain
+    (``max_params``: refuse a bigger model, before it takes any memory)."""
     metric = resolved_metrics(spec, data.task)[0]
     monitor = _monitor(metric)
+    objective = get_objective(spec.objective)
+    if max_params is not None:
+        _check_size(objective, hp, data, max_params)
     train.seed_everything(spec.seed, device)
-    model = get_objective(spec.objective).build(hp, data)
+    model = objective.build(hp, data)
     return train.train(
         model, data, hp, seed=spec.seed, device=device,
         monitor=monitor or "val_loss",
@@ -328,11 +359,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] | None = None,
     on_result: ResultHook | None = None,
+    max_params: int | None = None,
 ) -> float | list[float]:
     """The Optuna objective: suggest, train with per-epoch pruning, return the metrics.
 
     Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task`` and
-    ``dataset_fingerprint`` as trial user attributes (``fail_reason`` on divergence).
+    ``dataset_fingerprint`` as trial user attributes (``fail_reason`` for
+    ``TRIAL_FAILURES``: a divergence, a model over ``max_params``).
     ``on_result(trial, result, hp, values)`` sees a finished training with finite values
     while the trial still runs (workers keep the weights with it).
     """
@@ -354,10 +387,10 @@ def evaluate(
             reporter.report(epoch, values[monitor])  # type: ignore[index]
 
     try:
-        result = fit(spec, hp, data, device, on_epoch)
-    except (optuna.TrialPruned, Cancelled, train.Diverged) as exc:
+        result = fit(spec, hp, data, device, on_epoch, max_params)
+    except (optuna.TrialPruned, Cancelled, *TRIAL_FAILURES) as exc:
         ended: dict[str, Any] = {"curves": curves, "epochs_run": len(curves["train_loss"])}
-        if isinstance(exc, train.Diverged):
+        if isinstance(exc, TRIAL_FAILURES):
             ended["fail_reason"] = str(exc)
         reporter.flush(ended)
         raise

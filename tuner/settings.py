@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_trials: int = Field(default=10_000, ge=1)
     max_epochs: int = Field(default=1_000, ge=1)
     max_timeout_s: float = Field(default=24 * 3600, gt=0)
+    max_model_params: int = Field(
+        default=20_000_000, ge=1,
+        description="Largest model a trial may build, in parameters; a configuration over "
+        "it fails its trial before any memory is taken.",
+    )
     max_dataset_mb: float = Field(default=50.0, gt=0)
     max_jobs_per_owner: int = Field(default=20, ge=1)
     max_body_kb: int = Field(default=256, ge=1)

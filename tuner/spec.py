@@ -107,6 +107,11 @@ SCALARS: dict[str, type] = {
 UNIT_INTERVAL = {"dropout", "momentum", "beta1", "beta2", "alpha", "smoothing"}
 NON_NEGATIVE = {"weight_decay", "l1", "grad_clip", "gamma", "delta", "beta", "patience"}
 POSITIVE = {"lr", "batch_size", "epochs", "depth", "width", "step_size"}
+AT_MOST = {"depth": 1_000, "width": 16_384}
+"""Sanity bounds on a model's shape from a request (the parameter limit,
+``Settings.max_model_params``, is checked per trial): a million layers took 24 s just to
+build on the meta device, and 16,384 channels of a cnn on 8x8 digits already hold ~1 GB
+of activations a batch."""
 
 SAMPLERS = Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc"]
 SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}
@@ -581,6 +586,8 @@ def _check_domain(path: str, leaf: str, v: float) -> None:
         raise ValueError(f"{path} must not be negative, got {v}")
     if leaf in POSITIVE and v <= 0:
         raise ValueError(f"{path} must be positive, got {v}")
+    if leaf in AT_MOST and v > AT_MOST[leaf]:
+        raise ValueError(f"{path} must be at most {AT_MOST[leaf]:,}, got {v:g}")
 
 
 @cache

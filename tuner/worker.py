@@ -40,11 +40,11 @@ from tuner.gc_tuning import tune_gc
 from tuner.jobs.store import Claim, JobNotFound, JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
-from tuner.objective import Cancelled, ResultHook, evaluate
+from tuner.objective import TRIAL_FAILURES, Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.storage import make_storage
-from tuner.train import Diverged, TrainResult
+from tuner.train import TrainResult
 from tuner.weights import in_top_k, keep_top_k, upload_weights
 
 log = logging.getLogger("tuner.worker")
@@ -198,7 +198,7 @@ class Worker:
         told: list[FrozenTrial] = []  # the trial as Optuna told it: settled without a read
         try:
             study.optimize(
-                self._objective(claim, spec, study, stopper), n_trials=1, catch=(Diverged,),
+                self._objective(claim, spec, study, stopper), n_trials=1, catch=TRIAL_FAILURES,
                 gc_after_trial=False, callbacks=[lambda _, trial: told.append(trial)],
             )
         except Cancelled:
@@ -258,11 +258,12 @@ class Worker:
                 return evaluate(
                     spec, trial, data_root=self.settings.data_root, device=self.device,
                     should_stop=stopper, on_result=self._keep_weights(study),
+                    max_params=self.settings.max_model_params,
                 )
             except Cancelled as exc:
                 trial.set_user_attr("fail_reason", f"interrupted: {stopper.reason or exc}")
                 raise
-            except (Diverged, optuna.TrialPruned):
+            except (*TRIAL_FAILURES, optuna.TrialPruned):
                 raise
             except Exception as exc:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
