@@ -72,8 +72,10 @@ class StudyDetailCache:
             or scope["method"] != "GET"
             or not STUDY_DETAIL.fullmatch(scope["path"])
         ):
-            if scope["type"] == "http" and scope["path"].startswith(PAGE):
-                self.renderer.start()  # a browser on the page asks for a study next
+            if scope["type"] == "http":
+                if scope["path"].startswith(PAGE):
+                    self.renderer.start()  # a browser on the page asks for a study next
+                scope = _with_accept_encoding(scope)
             await self.app(scope, receive, send)
             return
         path, query = scope["path"], scope["query_string"].decode("latin-1")
@@ -94,3 +96,11 @@ class StudyDetailCache:
     def close(self) -> None:
         """Stop the renderer's child process (the app's shutdown)."""
         self.renderer.close()
+
+
+def _with_accept_encoding(scope: Scope) -> Scope:
+    """optuna-dashboard reads Accept-Encoding without a default (its static files were a
+    500 to a client that sent none): give it ``identity``, which the client did mean."""
+    if any(name == b"accept-encoding" for name, _ in scope["headers"]):
+        return scope
+    return {**scope, "headers": [*scope["headers"], (b"accept-encoding", b"identity")]}

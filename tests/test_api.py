@@ -491,3 +491,8 @@ def test_dashboard_is_served_at_the_root_and_lists_job_studies(
     studies = shared.get("/api/studies").json()["study_summaries"]
     assert done["study_name"] in [s["study_name"] for s in studies]
     assert shared.get(done["links"]["dashboard"]).status_code == 200
+    bare = shared.build_request("GET", "/static/bundle.js")
+    del bare.headers["accept-encoding"]  # a client that sends none
+    script = shared.send(bare)
+    assert script.status_code == 200 and "content-encoding" not in script.headers
+    assert len(script.content) > 100_000  # the dashboard's whole frontend
