@@ -66,6 +66,11 @@ def _trial_seconds(trial: FrozenTrial) -> float | None:
     return max(0.0, (end - trial.datetime_start).total_seconds())
 
 
+def _utc(local: datetime | None) -> datetime | None:
+    """Optuna's naive local time as UTC, like every other time the API gives."""
+    return None if local is None else local.astimezone(UTC)
+
+
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -160,8 +165,8 @@ class TrialOut(Out):
             ),
             intermediate_values={k: finite(v) for k, v in trial.intermediate_values.items()},
             duration_s=_trial_seconds(trial),
-            started_at=trial.datetime_start,
-            completed_at=trial.datetime_complete,
+            started_at=_utc(trial.datetime_start),
+            completed_at=_utc(trial.datetime_complete),
             reason=trial.user_attrs.get("fail_reason"),
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,10 @@ def test_trials_list_sorts_filters_and_pages(shared: TestClient, done: dict[str,
     assert "val_accuracy" in trial["metrics"]
     assert trial["duration_s"] > 0 and trial["state"] == "complete"
     assert [int(k) for k in trial["intermediate_values"]] == [1, 2]  # one per epoch
+    times = [datetime.fromisoformat(t) for t in (
+        done["started_at"], trial["started_at"], trial["completed_at"], done["ended_at"])]
+    assert all(t.tzinfo is not None for t in times)  # UTC, like the job's: comparable
+    assert times == sorted(times)
 
     by_value = shared.get(url, params={"sort": "value"}).json()["items"]
     values = [t["values"][0] for t in by_value]
