@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.spec import StudySpec, load_spec
+from tuner.storage import make_storage
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 
@@ -64,6 +65,9 @@ def test_run_export_train_reproduces_the_trial_metric(
     exported = load_spec(best)
     assert exported.provenance is not None
 
+    code, out = invoke("train", str(best), "-o", str(tmp_path))  # checked before training
+    assert code == 2 and f"{tmp_path}: Is a directory" in out, out
+
     model = tmp_path / "model.safetensors"
     code, out = invoke("train", str(best), "-o", str(model), "--device", "cpu")
     assert code == 0, out
@@ -105,12 +109,18 @@ def test_export_writes_json_to_stdout(
         (["show", "nope", "--storage", "{url}"], "no study named 'nope'"),
         (["export", "nope", "--storage", "{url}"], "no study named 'nope'"),
         (["run", "{spec_ok}", "--device", "tpu", "--storage", "{url}"], "unknown device"),
+        (["show", "--storage", "studies/tuner.db"], "'studies/tuner.db' is not a database URL"),
+        (["export", "x", "--storage", "sqlite:///{tmp}/absent.db"], "no database at"),
+        (["show", "--storage", "postgresql://u@127.0.0.1:1/db"], "cannot open storage"),
+        (["keys", "list", "--storage", "sqlite:///{spec_ok}/x.db"], "cannot create the folder"),
+        (["worker", "--database-url", "nowhere"], "'nowhere' is not a database URL"),
     ],
 )
 def test_mistakes_are_one_red_line_and_exit_code_2(
     args: list[str], message: str, tmp_path: Path, sqlite_url: str,
     write_spec: Callable[..., Path],
 ) -> None:
+    make_storage(sqlite_url).engine.dispose()  # a database without the studies asked for
     ok = write_spec(tmp_path / "ok.yaml")
     bad = yaml.safe_load(ok.read_text())
     bad["search_space"]["lr"] = {"low": 0.1, "high": 0.01}
@@ -120,6 +130,7 @@ def test_mistakes_are_one_red_line_and_exit_code_2(
         "spec_ok": ok,
         "missing": tmp_path / "missing.yaml",
         "url": sqlite_url,
+        "tmp": tmp_path,
     }
     code, out = invoke(*(a.format(**{k: str(v) for k, v in paths.items()}) for a in args))
     assert code == 2, out

@@ -82,6 +82,22 @@ def user_errors() -> Iterator[None]:
     except (SpecError, DatasetError, UsageError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
+    except OSError as exc:  # a file to read or write: no such folder, no permission, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[red]error:[/red] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(USER_ERROR) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Open ``path`` for writing now, so a bad output fails before the work that fills it."""
+    existed = path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab"):
+        pass
+    if not existed:
+        path.unlink()
 
 
 def _quiet_optuna() -> None:
@@ -92,8 +108,22 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _storage(url: str | None) -> str:
-    return url or get_settings().database_url
+def _storage(url: str | None, *, existing: bool = False) -> str:
+    """The database URL to use; ``existing``: refuse a SQLite file that is not there,
+    which reading would create empty (the default path is relative to the folder)."""
+    url = url or get_settings().database_url
+    if existing and url.startswith("sqlite:///"):
+        from tuner.storage import parse_url
+
+        database = parse_url(url).database
+        if database and database != ":memory:" and not Path(database).exists():
+            from tuner.errors import UsageError
+
+            raise UsageError(
+                f"no database at {Path(database).resolve()} ({url}); run tuner run here "
+                "first, or pass --storage (or TUNER_DATABASE_URL) the one you ran"
+            )
+    return url
 
 
 def _fmt(value: Any) -> str:
@@ -281,7 +311,7 @@ def show(
 
         from tuner.storage import make_storage
 
-        url = _storage(storage)
+        url = _storage(storage, existing=True)
         if study_name is None:
             _list_studies(optuna.get_all_study_summaries(make_storage(url)), url)
             return
@@ -341,7 +371,8 @@ def export(
         chosen = fmt or ("json" if output and output.suffix == ".json" else "yaml")
         if chosen not in ("yaml", "json"):
             raise SpecError(f"unknown format {chosen!r}; use yaml or json")
-        text = dump_spec(export_best(_storage(storage), study_name, trial_number=trial), chosen)  # type: ignore[arg-type]
+        url = _storage(storage, existing=True)
+        text = dump_spec(export_best(url, study_name, trial_number=trial), chosen)  # type: ignore[arg-type]
         if output is None:
             typer.echo(text, nl=False)
             return
@@ -366,6 +397,8 @@ def train(
         from tuner.weights import save_model
 
         hp = fixed_hp(spec)  # checks every value is fixed before any training
+        if output is not None:
+            _check_writable(output)
         result = retrain(spec, data_root=data_root or get_settings().data_root, device=device)
         reached = spec.provenance.metrics if spec.provenance else {}
         table = Table(title=f"{spec.name}: retrained", title_justify="left")
@@ -421,7 +454,8 @@ def serve(
         f"workers {settings.workers}  database {settings.database_url}"
     )
     try:
-        serve_api(settings)
+        with user_errors():
+            serve_api(settings)
     except UnsafeBind as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
@@ -444,7 +478,8 @@ def worker(
 
     settings = _settings(database_url=database_url, device=device)
     configure_logging(settings)
-    migrate(settings.database_url)
+    with user_errors():
+        migrate(settings.database_url)
     raise typer.Exit(run_worker(settings, max_trials=max_trials))
 
 

@@ -40,18 +40,21 @@ def _store(url: str | None) -> Iterator[KeyStore]:
 
     The database layer is imported here: it pulls in the engine and torch (seconds),
     which ``tuner --help`` and the HTTP commands should not wait for."""
+    from tuner.errors import UsageError
     from tuner.jobs.db import make_engine, migrate
 
     url = url or get_settings().database_url
-    migrate(url)
-    engine = make_engine(url)
+    engine = None
     try:
+        migrate(url)
+        engine = make_engine(url)
         yield KeyStore(engine)
-    except KeyRequestError as exc:
+    except (KeyRequestError, UsageError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def _when(value: datetime | None) -> str:

@@ -47,12 +47,15 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from tuner.errors import UsageError
 from tuner.settings import get_settings
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "engine_kwargs_for", "make_storage"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "engine_kwargs_for", "make_storage", "parse_url",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -66,6 +69,18 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a UsageError that shows what one looks like (a plain file path
+    is the usual mistake)."""
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise UsageError(
+            f"{url!r} is not a database URL; use sqlite:///path/to/file.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+
+
 def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:
     """The URL to use and SQLAlchemy engine options for it (SQLite pragmas, a bounded pool).
 
@@ -73,12 +88,15 @@ def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:
     ``creator``, a picklable partial), so every pooled connection gets the pragmas.
     ``postgresql://`` is read as psycopg 3, the driver this project installs.
     """
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
             return url, {}
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the folder of {database}: {exc.strerror}") from None
         return url, {"creator": functools.partial(_sqlite_connect, database)}
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
@@ -111,8 +129,13 @@ def make_storage(
             url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
             grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
         )
-    except (ImportError, optuna.exceptions.StorageInternalError) as exc:
-        raise UsageError(f"cannot open storage {make_url(url)!r}: {exc}") from None
+    except (ImportError, optuna.exceptions.StorageInternalError, exc.OperationalError) as e:
+        raise UsageError(f"cannot open storage {make_url(url)!r}: {_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    """SQLAlchemy's errors go on with the statement and a link: the cause is enough."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 _trials: Table = models.TrialModel.__table__

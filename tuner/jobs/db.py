@@ -15,9 +15,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
+from tuner.errors import UsageError
 from tuner.jobs.models import Base
-from tuner.storage import engine_kwargs_for, make_storage
+from tuner.storage import engine_kwargs_for, make_storage, parse_url
 
 VERSION_TABLE = "tuner_alembic_version"
 """Our Alembic version table; Optuna keeps its own ``alembic_version`` beside it."""
@@ -33,9 +35,8 @@ def make_engine(url: str) -> Engine:
     is shared with ``tuner.storage.make_storage``). PostgreSQL: psycopg 3 with a bounded pool
     (``db_pool_size`` + ``db_max_overflow`` per process) and pre-ping.
     """
-    backend = make_url(url).get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ValueError(
+    if parse_url(url).get_backend_name() not in ("sqlite", "postgresql"):
+        raise UsageError(
             f"unsupported database URL {make_url(url)!r}: use sqlite:///path/to/file.db "
             "or postgresql+psycopg://user@host/db"
         )
@@ -94,5 +95,8 @@ def migrate(url: str) -> None:
             storage = make_storage(url)  # creates and stamps Optuna's tables
             storage.remove_session()
             storage.engine.dispose()
+    except (OSError, OperationalError) as exc:  # no such folder, no server, no access
+        cause = exc.strerror if isinstance(exc, OSError) else exc.orig
+        raise UsageError(f"cannot open database {make_url(url)!r}: {cause}") from None
     finally:
         engine.dispose()
