@@ -270,6 +270,27 @@ def test_running_again_resumes_up_to_the_budget(sqlite_url: str, make_spec: Spec
     assert len(study.trials) == 3
 
 
+def test_a_study_resumes_with_a_bigger_budget_but_not_with_another_recipe(
+    sqlite_url: str, make_spec: Spec
+) -> None:
+    """Trials must still retrain to their results after a resume (export reads the
+    study's spec): more trials or another sampler are fine, another training is not."""
+    storage = make_storage(sqlite_url)
+    engine.create_study(make_spec(name="s"), storage)
+    engine.create_study(
+        make_spec(name="s", budget={"n_trials": 50, "max_epochs": 3},
+                  sampler={"name": "random"}),
+        storage,
+    )
+    for change, named in [
+        ({"budget": {"n_trials": 50, "max_epochs": 4}}, "budget.max_epochs"),
+        ({"search_space": {"width": 64}}, "search_space"),
+        ({"seed": 7, "dataset": {"name": "wine"}}, "dataset, seed"),
+    ]:
+        with pytest.raises(UsageError, match=f"'s' was run with another {named}, so"):
+            engine.create_study(make_spec(name="s", **change), storage)
+
+
 def test_a_spec_with_another_metric_count_cannot_reuse_a_study(
     sqlite_url: str, make_spec: Spec
 ) -> None:

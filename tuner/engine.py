@@ -157,12 +157,42 @@ def create_study(
             f"study {study.study_name!r} already exists with {len(study.directions)} "
             f"objective(s), but the spec has {len(names)} metric(s); rename the spec"
         )
+    if "spec" in study.user_attrs:
+        _check_resumable(study, spec)
     study.set_user_attr("spec", spec.model_dump(mode="json", exclude_none=True))
     study.set_user_attr("metrics", names)
     with warnings.catch_warnings():  # experimental since 3.2, still the way to name values
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(names)
     return study
+
+
+def _trial_defining(spec: StudySpec) -> dict[str, Any]:
+    """The parts of a spec that decide what a trial trains and what it scores (``export``
+    takes them from the study's spec): not the budget's size, the sampler or the pruner."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    parts = {key: data.get(key) for key in ("objective", "dataset", "metrics", "seed")}
+    return parts | {
+        "search_space": data.get("search_space"),
+        "budget.max_epochs": data["budget"]["max_epochs"],
+    }
+
+
+def _check_resumable(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse to resume a study with a spec that trains its trials differently: its
+    earlier trials would then export to a config that does not retrain to their result."""
+    try:
+        earlier = _trial_defining(parse_spec(study.user_attrs["spec"]))
+    except SpecError:
+        return  # written by another version; nothing to compare with
+    now = _trial_defining(spec)
+    changed = [key for key in now if now[key] != earlier[key]]
+    if changed:
+        raise UsageError(
+            f"study {study.study_name!r} was run with another {', '.join(changed)}, so its "
+            "trials would no longer retrain to their results; rename the spec to start a "
+            "new study, or change it back to resume this one"
+        )
 
 
 def load_spec_of(study: optuna.Study) -> StudySpec:
