@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.security import refuse
-from tuner.data import DatasetError, resolve_path
+from tuner.data import DatasetError, resolve_path, validate
 from tuner.jobs.store import InvalidRequest, JobStore
 from tuner.keys import Principal
 from tuner.objective import get_objective
@@ -138,10 +138,19 @@ def admit(spec: StudySpec, principal: Principal, settings: Settings, store: JobS
 
 
 def check_dataset(spec: StudySpec, principal: Principal, settings: Settings) -> None:
-    """A file dataset must be a file under the data root; an upload, the caller's own."""
+    """The dataset must load as a worker would load it (options, sizes, a file's columns),
+    so a job is not created only to fail; a file must be under the data root, an upload
+    the caller's own."""
     path = spec.dataset.path
-    if path is None:
-        return
+    if path is not None:
+        _check_file(path, principal, settings)
+    try:
+        validate(spec.dataset, settings.data_root)
+    except DatasetError as exc:
+        raise InvalidRequest(f"dataset: {exc}") from None
+
+
+def _check_file(path: str, principal: Principal, settings: Settings) -> None:
     parts = Path(path).parts
     if parts[0] == UPLOADS_DIR and not principal.is_admin and (
         len(parts) < 3 or parts[1] != principal.owner

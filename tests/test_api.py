@@ -127,6 +127,15 @@ def test_submit_answers_201_with_location_and_the_job(client: TestClient) -> Non
         (spec(search_space={"lr": {"low": 0, "high": 1, "log": True}}), "needs low > 0"),
         (spec(search_space={"batch_size": {"choices": list(range(1000))}}), "at most 256"),
         (spec(dataset={"name": "csv", "path": "../etc/passwd", "target": "y"}), "without '..'"),
+        (spec(dataset={"name": "iris", "options": {"n_samples": 10**8}}), "takes no options"),
+        (
+            spec(dataset={"name": "synthetic_classification", "options": {"n_samples": 10**8}}),
+            "dataset: dataset 'synthetic_classification' option n_samples must be between 10",
+        ),
+        (
+            spec(dataset={"name": "synthetic_classification", "options": {"bogus": 1}}),
+            "has no option 'bogus'; its options: n_samples",
+        ),
         (
             spec(metrics=[{"name": "val_accuracy"}, {"name": "val_f1"}], sampler={"name": "cmaes"}),
             "sampler 'cmaes' cannot optimise 2 metrics",

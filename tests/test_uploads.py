@@ -42,6 +42,14 @@ def test_upload_csv_then_tune_on_it(service: Service) -> None:
     assert made.json()["path"] == "uploads/alice/iris.csv"
     assert (service.data_root / "uploads" / "alice" / "iris.csv").is_file()
     assert [u["name"] for u in alice.get("/v1/datasets/uploads").json()] == ["iris"]
+    wrong = _csv_spec("uploads/alice/iris.csv")
+    wrong["dataset"]["target"] = "species"  # checked on submit, not by a worker later
+    refused = alice.post("/v1/jobs", json=wrong)
+    assert refused.status_code == 422 and "has no column 'species'" in refused.json()["detail"]
+    wrong["dataset"] = {**wrong["dataset"], "name": "npz", "target": None}
+    refused = alice.post("/v1/jobs", json=wrong)
+    assert refused.status_code == 422 and "is not an .npz archive" in refused.json()["detail"]
+    assert alice.get("/v1/jobs").json()["items"] == []
     job = alice.post("/v1/jobs", json=_csv_spec("uploads/alice/iris.csv"))
     assert job.status_code == 201, job.text
     again = alice.post("/v1/datasets?name=iris&format=csv&target=label", content=_iris_csv())

@@ -159,7 +159,7 @@ def _check_size(n_rows: int, n_features: int, max_bytes: int, what: str) -> None
         )
 
 
-def _synthetic_classification(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
+def _classification_options(spec: DatasetSpec, max_bytes: int) -> dict[str, Any]:
     o = _options(spec, _SYNTHETIC_CLASSIFICATION)
     _check_synthetic(o, max_bytes, spec.name)
     if o["n_classes"] > 2 ** o["n_informative"]:
@@ -167,6 +167,11 @@ def _synthetic_classification(spec: DatasetSpec, root: Path, max_bytes: int) -> 
             f"n_classes ({o['n_classes']}) needs n_informative >= "
             f"{math.ceil(math.log2(o['n_classes']))}; raise n_informative or lower n_classes"
         )
+    return o
+
+
+def _synthetic_classification(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
+    o = _classification_options(spec, max_bytes)
     x, y = skdata.make_classification(
         n_samples=o["n_samples"], n_features=o["n_features"], n_informative=o["n_informative"],
         n_redundant=0, n_classes=o["n_classes"], n_clusters_per_class=1,
@@ -186,9 +191,14 @@ def _check_synthetic(o: dict[str, Any], max_bytes: int, name: str) -> None:
     _check_size(o["n_samples"], o["n_features"], max_bytes, name)
 
 
-def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
+def _regression_options(spec: DatasetSpec, max_bytes: int) -> dict[str, Any]:
     o = _options(spec, _SYNTHETIC_REGRESSION)
     _check_synthetic(o, max_bytes, spec.name)
+    return o
+
+
+def _synthetic_regression(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
+    o = _regression_options(spec, max_bytes)
     x, y = skdata.make_regression(
         n_samples=o["n_samples"], n_features=o["n_features"], n_informative=o["n_informative"],
         noise=o["noise"], random_state=o["seed"],
@@ -530,6 +540,22 @@ def _build(spec: DatasetSpec, raw: _Raw) -> Dataset:
         y_mean=y_mean,
         y_std=y_std,
     )
+
+
+_OPTIONS: dict[str, Callable[[DatasetSpec, int], dict[str, Any]]] = {
+    "synthetic_classification": _classification_options,
+    "synthetic_regression": _regression_options,
+}
+
+
+def validate(spec: DatasetSpec, data_root: Path | None = None) -> None:
+    """Raise the ``DatasetError`` a worker would, without generating data (the API checks
+    a job's dataset on submit): options and sizes; a file is loaded, as an upload is."""
+    if spec.name not in BUNDLED_DATASETS:
+        load_dataset(spec, data_root)
+        return
+    max_bytes = int(get_settings().max_dataset_mb * 2**20)
+    _OPTIONS.get(spec.name, lambda s, _: _options(s, {}))(spec, max_bytes)
 
 
 def load_dataset(spec: DatasetSpec, data_root: Path | None = None) -> Dataset:
