@@ -107,10 +107,21 @@ class Budget(Out):
 
 
 class TrialCounts(Out):
-    """Trials by Optuna state, plus the job's own slot counters."""
+    """The job's budget counters, and every trial of its study by Optuna state.
 
-    started: int = Field(description="Trial slots claimed by workers.")
-    finished: int = Field(description="Trials that ended, in any state.")
+    They differ by the trials that were interrupted (a cancel, the timeout, a lost
+    worker): Optuna keeps them as ``fail`` (their ``reason`` says so), but they give
+    their slot back and their configuration runs again, so they do not count toward
+    ``n_trials``; a retry still queued when the job ends stays ``waiting``.
+    """
+
+    started: int = Field(
+        description="Trials counted toward budget.n_trials: running or ended; an "
+        "interrupted trial gives its count back."
+    )
+    finished: int = Field(
+        description="Counted trials that ended: complete, pruned or failed (not interrupted)."
+    )
     complete: int = 0
     pruned: int = 0
     fail: int = 0
