@@ -336,6 +336,13 @@ def test_best_config_downloads_a_runnable_spec(
     assert exported.provenance.trial_number == done["best"]["trial_number"]
     assert exported.search_space["lr"] == done["best"]["params"]["lr"]
     assert not any(isinstance(v, dict) for v in exported.model_dump()["search_space"].values())
+    url = f"/v1/jobs/{done['id']}/best-config"
+    trials = shared.get(f"/v1/jobs/{done['id']}/trials", params={"sort": "value"}).json()
+    other = [t["number"] for t in trials["items"] if t["state"] == "complete"][-1]
+    chosen = parse_spec(yaml.safe_load(shared.get(url, params={"trial": other}).text))
+    assert chosen.provenance is not None and chosen.provenance.trial_number == other
+    missing = shared.get(url, params={"trial": 9})
+    assert missing.status_code == 422 and "has no trial 9" in missing.json()["detail"]
 
 
 def test_best_config_and_model_are_409_before_a_trial_completes(client: TestClient) -> None:

@@ -10,18 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from live_server import free_port, live_server
 from specs import tiny_spec
 from typer.testing import CliRunner, Result
 
+from tuner.cli import app
 from tuner.client import Client
-from tuner.remote import export_from_server, is_job_id, register
+from tuner.remote import export_from_server, is_job_id
 from tuner.spec import parse_spec
 
-app = typer.Typer()
-register(app)
 runner = CliRunner()
 
 
@@ -151,11 +149,23 @@ def test_export_from_server_writes_a_runnable_spec(
 ) -> None:
     job_id, _ = watched
     out = tmp_path / "best.yaml"
-    export_from_server(job_id, out, None, live, None)
+    export_from_server(job_id, out, None, None, live, None)
     spec = parse_spec(yaml.safe_load(out.read_text()))
     assert spec.provenance is not None and spec.provenance.study.endswith(job_id)
-    export_from_server(job_id, None, "json", live, None)
+    export_from_server(job_id, None, "json", None, live, None)
     assert parse_spec(yaml.safe_load(capsys.readouterr().out)).name == spec.name
+
+    with Client(live) as client:
+        ranked = client.trials(job_id, state="complete", sort="value")
+    chosen = ranked[-1]  # not the best: --trial picks it
+    picked = tuner("export", job_id, "--trial", str(chosen.number), server=live)
+    assert picked.exit_code == 0, picked.output
+    exported = parse_spec(yaml.safe_load(picked.stdout))
+    assert exported.provenance is not None
+    assert exported.provenance.trial_number == chosen.number
+    assert exported.provenance.values == chosen.values
+    missing = one_red_line(tuner("export", job_id, "--trial", "999", server=live))
+    assert "has no trial 999" in missing
 
 
 @pytest.mark.slow

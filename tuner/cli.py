@@ -343,7 +343,9 @@ def _list_studies(summaries: list[optuna.study.StudySummary], url: str) -> None:
 
 @app.command()
 def export(
-    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    study_name: Annotated[
+        str, typer.Argument(metavar="STUDY", help="Study name, or a server job's id (j_...).")
+    ],
     storage: StorageOpt = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="yaml or json (default: from -o, else yaml).")
@@ -361,7 +363,7 @@ def export(
     (``--server`` or TUNER_SERVER).
     """
     if remote.is_job_id(study_name):
-        remote.export_from_server(study_name, output, fmt, server, key)
+        remote.export_from_server(study_name, output, fmt, trial, server, key)
         return
     with user_errors():
         _quiet_optuna()

@@ -300,12 +300,11 @@ def _update_call(job_id: str, n_trials: int | None, timeout_s: float | None) -> 
     return _Call("PATCH", _job_path(job_id), _model(Job), json=body)
 
 
-def _best_config_call(job_id: str, fmt: ConfigFormat) -> _Call[str]:
+def _best_config_call(job_id: str, fmt: ConfigFormat, trial: int | None) -> _Call[str]:
     if fmt not in ("yaml", "json"):
         raise Invalid(None, f"unknown format {fmt!r}; use yaml or json")
-    return _Call(
-        "GET", f"{_job_path(job_id)}/best-config", lambda r: r.text, params={"format": fmt}
-    )
+    params = _present({"format": fmt, "trial": trial})
+    return _Call("GET", f"{_job_path(job_id)}/best-config", lambda r: r.text, params=params)
 
 
 def _jobs_page(state: str | None, cursor: str | None, size: int) -> _Call[_Page[Job]]:
@@ -682,11 +681,16 @@ class Client(_Base):
         return self._send(_Call("GET", f"{_job_path(job_id)}/trials/{number}", _model(Trial)))
 
     def best_config(
-        self, job_id: str, *, format: ConfigFormat = "yaml", path: str | Path | None = None
+        self,
+        job_id: str,
+        *,
+        format: ConfigFormat = "yaml",
+        path: str | Path | None = None,
+        trial: int | None = None,
     ) -> str:
-        """The best trial as a runnable spec (``tuner train`` retrains it); also written to
-        ``path`` when given."""
-        text = self._send(_best_config_call(job_id, format))
+        """The best trial (or completed trial number ``trial``) as a runnable spec
+        (``tuner train`` retrains it); also written to ``path`` when given."""
+        text = self._send(_best_config_call(job_id, format, trial))
         _save_text(path, text)
         return text
 
@@ -879,9 +883,14 @@ class AsyncClient(_Base):
         )
 
     async def best_config(
-        self, job_id: str, *, format: ConfigFormat = "yaml", path: str | Path | None = None
+        self,
+        job_id: str,
+        *,
+        format: ConfigFormat = "yaml",
+        path: str | Path | None = None,
+        trial: int | None = None,
     ) -> str:
-        text = await self._send(_best_config_call(job_id, format))
+        text = await self._send(_best_config_call(job_id, format, trial))
         _save_text(path, text)
         return text
 

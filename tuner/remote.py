@@ -314,15 +314,21 @@ def report(
 
 
 def export_from_server(
-    job_id: str, output: Path | None, fmt: str | None, server: str | None, key: str | None
+    job_id: str,
+    output: Path | None,
+    fmt: str | None,
+    trial: int | None,
+    server: str | None,
+    key: str | None,
 ) -> None:
-    """``tuner export ID``: the best configuration of a server's job, as a runnable spec.
+    """``tuner export ID``: the best configuration of a server's job (or trial number
+    ``trial``), as a runnable spec.
 
     Writes ``output`` (format from ``fmt``, else its suffix, else YAML) or prints to stdout.
     """
     chosen = fmt or ("json" if output and output.suffix == ".json" else "yaml")
     with connect(server, key) as client:
-        text = client.best_config(job_id, format=chosen, path=output)  # type: ignore[arg-type]
+        text = client.best_config(job_id, format=chosen, path=output, trial=trial)  # type: ignore[arg-type]
     if output is None:
         typer.echo(text, nl=False)
     else:

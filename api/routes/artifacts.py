@@ -15,6 +15,7 @@ from api.schemas import NOT_FOUND, ErrorOut
 from api.views import load_study
 from tuner.errors import UsageError
 from tuner.export import export_best, pick_trial
+from tuner.jobs.store import InvalidRequest
 from tuner.spec import dump_spec
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"], dependencies=[Read])
@@ -40,19 +41,27 @@ def _no_best_yet(job_id: str) -> Conflict:
         },
         **NOT_FOUND,
         **NOT_READY,
+        422: {"model": ErrorOut, "description": "No completed trial of that number."},
     },
-    summary="Download the best configuration as a runnable spec",
+    summary="Download the best configuration (or a chosen trial's) as a runnable spec",
 )
 def best_config(
     job: JobDep,
     storage: StorageDep,
     format: Annotated[Literal["yaml", "json"], Query(description="File format.")] = "yaml",
+    trial: Annotated[
+        int | None,
+        Query(ge=0, description="A completed trial's number instead of the best (a point "
+              "of a multi-objective job's Pareto front, say)."),
+    ] = None,
 ) -> Response:
     """Retrain it with ``tuner train best.yaml``; ``provenance`` says which trial it is."""
     try:
-        spec = export_best(storage, job.study_name)
-    except UsageError:
-        raise _no_best_yet(job.id) from None
+        spec = export_best(storage, job.study_name, trial_number=trial)
+    except UsageError as exc:
+        if trial is None:
+            raise _no_best_yet(job.id) from None
+        raise InvalidRequest(f"{exc} (GET /v1/jobs/{job.id}/trials lists them)") from None
     return Response(
         dump_spec(spec, format),
         media_type=MEDIA_TYPES[format],
