@@ -428,13 +428,19 @@ def test_patch_raises_the_budget_and_refuses_bad_bodies(client: TestClient) -> N
     assert client.get(url).json()["budget"]["n_trials"] == 5
 
 
-def test_delete_removes_the_job_and_its_study(client: TestClient) -> None:
-    job = client.post("/v1/jobs", json=spec()).json()
+def test_delete_removes_the_job_its_study_and_its_weights(
+    client: TestClient, settings: Settings
+) -> None:
+    job = client.post("/v1/jobs", json=spec(n_trials=2)).json()
+    run_trials(settings, 2)
+    weights = lambda: [f for f in settings.artifact_root.rglob("*") if f.is_file()]  # noqa: E731
+    assert weights()  # the worker kept its best trials' weights
     response = client.delete(f"/v1/jobs/{job['id']}")
     assert response.status_code == 204 and response.content == b""
     assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
     storage = client.app.state.storage  # type: ignore[attr-defined]
     assert job["study_name"] not in optuna.get_all_study_names(storage)
+    assert weights() == []
     assert client.delete(f"/v1/jobs/{job['id']}").status_code == 404
 
 

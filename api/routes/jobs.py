@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 
 from api.cache import ReadCacheDep, job_version
 from api.deps import (
+    ArtifactsDep,
     JobDep,
     PrincipalDep,
     Read,
@@ -30,8 +31,9 @@ from api.schemas import (
     JobState,
     Responses,
 )
-from api.views import job_detail, job_summary
+from api.views import job_detail, job_summary, load_study
 from tuner.spec import StudySpec
+from tuner.weights import artifact_ids, remove_artifacts
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -168,6 +170,12 @@ def update_job(
     dependencies=[Submit],
     summary="Delete a job and its study",
 )
-def delete_job(job: JobDep, store: StoreDep) -> Response:
+def delete_job(
+    job: JobDep, store: StoreDep, storage: StorageDep, artifacts: ArtifactsDep
+) -> Response:
+    """The job, its study and the weights its trials kept."""
+    study = load_study(storage, job.study_name)
+    kept = artifact_ids(study) if study is not None else []
     store.delete(job.id, owner=job.owner)
+    remove_artifacts(kept, artifacts)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
