@@ -64,7 +64,7 @@ def _relocate(err: dict[str, Any]) -> dict[str, Any]:
         return {**err, "loc": ("body",), "msg": msg}
     where, *rest = err["loc"] or ("body",)
     if where == "body":
-        loc = tuple(rest) or ("body",)
+        loc = tuple(rest) if rest or err["type"] != "missing" else ("body",)
     else:
         loc = (f"{where} parameter {'.'.join(str(p) for p in rest)}",)
     return {**err, "loc": loc}
@@ -79,9 +79,17 @@ def _detail(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _detail(422, request_errors(list(exc.errors())))
+    detail = request_errors(list(exc.errors()))
+    sent = request.headers.get("content-type", "")
+    if "json" not in sent and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+        detail = (
+            f"send the body as JSON with Content-Type: application/json (it came as "
+            f"{sent or 'no Content-Type'!r}; with curl: -H 'Content-Type: application/json')\n"
+            + detail
+        )
+    return _detail(422, detail)
 
 
 async def _domain(_: Request, exc: Exception) -> JSONResponse:

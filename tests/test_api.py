@@ -122,6 +122,8 @@ def test_submit_answers_201_with_location_and_the_job(client: TestClient) -> Non
             "search_space.lr: low (1) must be less than high (0.1)",
         ),
         (spec(colour="blue"), "colour: unknown field; remove it"),
+        (spec(name="a/b"), "name: use 1-100 letters, digits, '_', '-' or '.', starting"),
+        (spec(search_space={"lr": -0.1}), "search_space.lr: lr must be positive, got -0.1"),
         (spec(objective="resnet9000"), "unknown objective 'resnet9000'"),
         (spec(budget={"n_trials": 10**9}), "budget.n_trials: Input should be less than or equal"),
         (spec(search_space={"lr": {"low": 0, "high": 1, "log": True}}), "needs low > 0"),
@@ -164,6 +166,21 @@ def test_unreadable_bodies_are_refused_with_json(
     )
     assert response.status_code == status
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("sent", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_spec_sent_as_another_content_type_is_told_to_send_json(
+    client: TestClient, sent: str | None
+) -> None:
+    body = json.dumps(spec()).encode()
+    headers = {"content-type": sent} if sent else {}
+    request = client.build_request("POST", "/v1/jobs", content=body, headers=headers)
+    if sent is None:
+        request.headers.pop("content-type", None)
+    response = client.send(request)
+    assert response.status_code == 422
+    assert "send the body as JSON with Content-Type: application/json" in response.json()["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
 
 
 def test_idempotency_key_replays_the_same_job_and_refuses_another_body(

@@ -440,7 +440,10 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> Self:
         for dim, value in self.search_space.items():
-            _check_dimension(dim, value)
+            try:
+                _check_dimension(dim, value)
+            except ValueError as exc:
+                raise ValueError(f"search_space.{dim}: {exc}") from None
         task = self.dataset.known_task
         for metric in self.metrics:
             if task and metric.base not in GLOBAL_METRICS and metric.base not in _task_metrics(
@@ -644,13 +647,13 @@ def format_errors(exc: ValidationError) -> str:
     """One line per problem: where it is and what to change."""
     lines = []
     for err in exc.errors(include_url=False):
-        where = ".".join(
-            str(p) for p in err["loc"] if not _is_union_tag(p)
-        ) or "spec"
+        where = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it (check the spelling)"
-        lines.append(f"{where}: {msg}")
+        if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] == _NAME:
+            msg = "use 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        lines.append(f"{where}: {msg}" if where else msg)  # a whole-spec check names its own
     return "\n".join(dict.fromkeys(lines))
 
 
