@@ -428,11 +428,14 @@ def test_cancel_mid_job_then_resume_runs_exactly_the_budget(
     assert client.post(f"{url}/resume").status_code == 409
 
 
-def test_patch_raises_the_budget_and_refuses_bad_bodies(client: TestClient) -> None:
+def test_patch_changes_the_budget_and_refuses_bad_bodies(client: TestClient) -> None:
     url = f"/v1/jobs/{client.post('/v1/jobs', json=spec()).json()['id']}"
     patched = client.patch(url, json={"n_trials": 5, "timeout_s": 600})
     assert patched.status_code == 200
     assert patched.json()["budget"] == {"n_trials": 5, "timeout_s": 600}
+    assert patched.json()["spec"]["budget"] | {"max_epochs": 0} == {
+        "n_trials": 5, "timeout_s": 600, "max_epochs": 0}  # the spec shows it too
+    assert client.patch(url, json={"n_trials": 4}).json()["budget"]["n_trials"] == 4  # lower
     for body, message in [
         ({}, "give n_trials, timeout_s or both"),
         ({"n_trials": 5, "epochs": 3}, "epochs: unknown field"),
@@ -442,7 +445,7 @@ def test_patch_raises_the_budget_and_refuses_bad_bodies(client: TestClient) -> N
         response = client.patch(url, json=body)
         assert response.status_code == 422
         assert message in response.json()["detail"]
-    assert client.get(url).json()["budget"]["n_trials"] == 5
+    assert client.get(url).json()["budget"]["n_trials"] == 4
 
 
 def test_delete_removes_the_job_its_study_and_its_weights(

@@ -151,7 +151,7 @@ def resume_job(
     response_model=JobOut,
     responses={**NOT_FOUND, **CONFLICT, **INVALID},
     dependencies=[Submit],
-    summary="Raise a job's n_trials or timeout",
+    summary="Change a job's n_trials or timeout (more runs a succeeded job again)",
 )
 def update_job(
     job: JobDep, patch: JobPatch, store: StoreDep, storage: StorageDep, settings: SettingsDep

@@ -375,7 +375,8 @@ class JobStore:
         timeout_s: float | None = None,
         owner: str | None = None,
     ) -> Job:
-        """Change the budget or timeout; a succeeded job given more of either runs again.
+        """Change the budget or timeout, up or down (the job's spec shows the new ones); a
+        succeeded job given more of either runs again.
 
         ``n_trials`` may not go below the trials already started (claimed or counted);
         ``timeout_s`` counts from when the current run started.
@@ -398,10 +399,14 @@ class JobStore:
                 job.timeout_s = timeout_s
                 if job.started_at is not None and job.state == JobState.running:
                     job.deadline_at = job.started_at + timedelta(seconds=timeout_s)
-            if job.state == JobState.succeeded and job.finished < job.n_trials:
-                _transition(s, job, "extend", f"budget raised to {job.n_trials} trials")
-            elif job.state == JobState.succeeded and timeout_s is not None:
-                _transition(s, job, "extend", f"timeout raised to {timeout_s:g} s")
+            changed = {"n_trials": n_trials, "timeout_s": timeout_s}
+            changed = {k: v for k, v in changed.items() if v is not None}
+            job.spec = {**job.spec, "budget": {**job.spec.get("budget", {}), **changed}}
+            if job.state == JobState.succeeded and (
+                job.finished < job.n_trials or timeout_s is not None
+            ):
+                said = ", ".join(f"{k} {v:g}" for k, v in changed.items())
+                _transition(s, job, "extend", f"budget changed: {said}")
             else:
                 _maybe_end(s, job)
         return job
