@@ -240,14 +240,14 @@ class JobList(Out):
 
 
 class JobPatch(BaseModel):
-    """Raise a job's budget: more trials or a longer timeout."""
+    """Change a job's budget: trials (not below those started) or timeout."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"n_trials": 40}, {"timeout_s": 1800}]}
     )
 
-    n_trials: int | None = Field(default=None, ge=1, le=100_000)
-    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    n_trials: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _something(self) -> Self:

@@ -126,6 +126,7 @@ def test_submit_answers_201_with_location_and_the_job(client: TestClient) -> Non
         (spec(search_space={"lr": -0.1}), "search_space.lr: lr must be positive, got -0.1"),
         (spec(objective="resnet9000"), "unknown objective 'resnet9000'"),
         (spec(budget={"n_trials": 10**9}), "budget.n_trials: Input should be less than or equal"),
+        (spec(budget={"n_trials": True}), "budget.n_trials: Input should be a valid integer"),
         (spec(search_space={"lr": {"low": 0, "high": 1, "log": True}}), "needs low > 0"),
         (spec(search_space={"batch_size": {"choices": list(range(1000))}}), "at most 256"),
         (spec(dataset={"name": "csv", "path": "../etc/passwd", "target": "y"}), "without '..'"),

@@ -66,6 +66,8 @@ def test_full_design_example_parses_into_typed_dimensions() -> None:
         ({"search_space": {"dropout": {"choices": []}}}, "at least 1 item"),
         ({"search_space": {"dropout": {"low": 0.1, "high": 1.5}}}, "must be in [0, 1)"),
         ({"search_space": {"depth": 100_000}}, "depth must be at most 1,000"),
+        ({"budget": {"timeout_s": float("nan")}}, "budget.timeout_s: Input should be a finite"),
+        ({"budget": {"n_trials": "5"}}, "budget.n_trials: Input should be a valid integer"),
         ({"search_space": {"width": {"low": 16, "high": 100_000_000}}},
          "width must be at most 16,384"),
         ({"search_space": {"batch_size": {"low": 1.5, "high": 8}}}, "integers"),

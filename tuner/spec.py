@@ -329,9 +329,10 @@ class Metric(Strict):
 
 
 class Budget(Strict):
-    n_trials: int = Field(default=20, ge=1, le=100_000)
-    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
-    max_epochs: int = Field(default=20, ge=1, le=10_000)
+    # Strict whole numbers: true or "5" are mistakes, not 1 and 5 trials.
+    n_trials: int = Field(default=20, ge=1, le=100_000, strict=True)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600, allow_inf_nan=False)
+    max_epochs: int = Field(default=20, ge=1, le=10_000, strict=True)
 
 
 class SamplerSpec(Strict):
