@@ -91,6 +91,31 @@ def test_a_run_that_ends_at_its_timeout_shows_the_time_left(
     assert re.search(r"\b\d{2,}/100000 .* eta 0:00$", last_frame.strip()), last_frame
 
 
+def test_train_warns_when_the_data_differs_from_the_trials(
+    tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
+) -> None:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    rows = ["a,b,c,d,label", *(",".join(map(str, [*r, t])) for r, t in zip(x, y, strict=True))]
+    data = tmp_path / "data.csv"
+    data.write_text("\n".join(rows) + "\n")
+    dataset = {"name": "csv", "path": "data.csv", "target": "label", "task": "classification"}
+    spec_file = write_spec(tmp_path / "spec.yaml", dataset=dataset,
+                           budget={"n_trials": 1, "max_epochs": 2})
+    root = ["--data-root", str(tmp_path)]
+    assert invoke("run", str(spec_file), "--storage", sqlite_url, "--device", "cpu", *root)[0] == 0
+    best = tmp_path / "best.yaml"
+    assert invoke("export", "cli-tiny", "--storage", sqlite_url, "-o", str(best))[0] == 0
+
+    code, out = invoke("train", str(best), "--device", "cpu", *root)
+    assert code == 0 and "warning" not in out, out
+    data.write_text("\n".join(rows[:-1]) + "\n")  # one row fewer
+    code, out = invoke("train", str(best), "--device", "cpu", *root)
+    assert code == 0, out
+    assert "warning: the dataset differs from the one trial 0 trained on" in out
+
+
 def test_export_writes_json_to_stdout(
     tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
 ) -> None:

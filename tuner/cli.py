@@ -395,13 +395,16 @@ def train(
     """Retrain one fixed configuration and print its metrics beside the trial's."""
     with user_errors():
         spec = load_spec(spec_file)
-        from tuner.export import fixed_hp, retrain
+        from tuner.export import data_changed, fixed_hp, retrain
         from tuner.weights import save_model
 
         hp = fixed_hp(spec)  # checks every value is fixed before any training
         if output is not None:
             _check_writable(output)
-        result = retrain(spec, data_root=data_root or get_settings().data_root, device=device)
+        root = data_root or get_settings().data_root
+        if warning := data_changed(spec, root):
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        result = retrain(spec, data_root=root, device=device)
         reached = spec.provenance.metrics if spec.provenance else {}
         table = Table(title=f"{spec.name}: retrained", title_justify="left")
         table.add_column("metric")

@@ -126,3 +126,18 @@ def retrain(
     target = pick_device(device)
     data = load_data(spec, data_root, target)
     return fit(spec, fixed_hp(spec, data.task), data, target)
+
+
+def data_changed(spec: StudySpec, data_root: str | Path | None = None) -> str | None:
+    """Why a retrain may not match its trial: the data differs from what the trial saw
+    (an edited file, another data root), by the fingerprint the export recorded."""
+    recorded = spec.provenance.dataset_fingerprint if spec.provenance else None
+    if recorded is None:
+        return None
+    now = load_data(spec, data_root, "cpu").fingerprint
+    if now == recorded:
+        return None
+    return (
+        f"the dataset differs from the one trial {spec.provenance.trial_number} "  # type: ignore[union-attr]
+        f"trained on (fingerprint {now[:12]}, was {recorded[:12]}), so the metrics may too"
+    )
