@@ -237,7 +237,7 @@ def resolve_path(path: str, data_root: Path) -> Path:
     except (FileNotFoundError, RuntimeError):
         raise DatasetError(
             f"no file {path!r} under the data root {str(root)!r}; check the path "
-            "(it is relative to TUNER_DATA_ROOT)"
+            "(it is relative to the data root: --data-root or TUNER_DATA_ROOT)"
         ) from None
     if not target.is_relative_to(root):
         raise DatasetError(f"path {path!r} leads outside the data root (a symlink?); refused")

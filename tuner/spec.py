@@ -234,7 +234,10 @@ class DatasetSpec(Strict):
     def _check_source(self) -> Self:
         if self.name in FILE_DATASETS:
             if not self.path:
-                raise ValueError(f"dataset {self.name!r} needs a path under the data root")
+                raise ValueError(
+                    f"dataset {self.name!r} needs a path: {{name: {self.name}, path: "
+                    "<file under the data root>}"
+                )
             check_relative_path(self.path)
             if self.name == "csv" and not self.target:
                 raise ValueError("a csv dataset needs target: the name of the label column")
