@@ -327,6 +327,14 @@ def test_events_stream_to_the_end_and_resume_after_last_event_id(
     assert kinds[0] == "state" and events[0]["data"]["state"] == "queued"
     assert kinds[-1] == "state" and events[-1]["data"]["state"] == "succeeded"
     assert kinds.count("trial") == 3 and "best" in kinds
+    # Named as in the REST resources, so one reader parses both.
+    trials = {t["number"]: t for t in shared.get(f"/v1/jobs/{done['id']}/trials").json()["items"]}
+    for trial in (e["data"] for e in events if e["event"] == "trial"):
+        assert trial["state"] == trials[trial["trial_number"]]["state"]
+        assert trial["values"] == trials[trial["trial_number"]]["values"]
+    last_best = [e["data"] for e in events if e["event"] == "best"][-1]
+    assert {k: last_best[k] for k in ("trial_number", "values", "params")} == {
+        k: done["best"][k] for k in ("trial_number", "values", "params")}
     ids = [int(e["id"]) for e in events]
     assert ids == sorted(ids)
 

@@ -166,7 +166,7 @@ def test_claims_stop_at_the_budget_and_the_job_succeeds(
     job = store.get(job.id)
     assert (job.state, job.started, job.finished) == ("succeeded", 3, 3)
     assert job.reason == "3 of 3 trials finished"
-    kinds = [(e.kind, e.data.get("number")) for e in store.events(job.id)]
+    kinds = [(e.kind, e.data.get("trial_number")) for e in store.events(job.id)]
     assert ("best", 0) in kinds and ("best", 1) in kinds and ("best", 2) not in kinds
     assert job.best_value == 0.7  # iris accuracy is maximised
 

@@ -79,7 +79,10 @@ async def job_events(
         ),
     ] = None,
 ) -> EventSourceResponse:
-    """Each event's data is a JSON object: ``state`` has the new state and reason,
-    ``trial`` the finished trial, ``best`` the new best value and params."""
+    """Each event's data is a JSON object, named as in the job and trial resources:
+    ``state`` has the job's new ``state`` and ``reason``; ``trial`` a trial that ended
+    (``trial_number``, ``state`` as in ``/trials``, ``values``, ``reason``, and the job's
+    ``finished`` of ``n_trials``); ``best`` a new best of a single-metric job
+    (``trial_number``, ``values``, ``params``, as ``job.best``)."""
     after = int(last_event_id) if last_event_id else 0
     return EventSourceResponse(_stream(request, store, job.id, job.owner, after))

@@ -627,8 +627,9 @@ class JobStore:
         job.finished += 1
         values = list(values) if values is not None else None
         _event(s, job, "trial", {
-            "number": slot.trial_number, "state": trial_state.name, "values": values,
-            "finished": job.finished, "n_trials": job.n_trials, "reason": reason,
+            "trial_number": slot.trial_number, "state": trial_state.name.lower(),
+            "values": values, "finished": job.finished, "n_trials": job.n_trials,
+            "reason": reason,
         })
         if trial_state != TrialState.COMPLETE or not values or job.direction is None:
             return
@@ -638,7 +639,9 @@ class JobStore:
         )
         if improved and math.isfinite(value):
             job.best_value, job.best_trial = value, slot.trial_number
-            _event(s, job, "best", {"number": slot.trial_number, "value": value, "params": params})
+            _event(s, job, "best", {
+                "trial_number": slot.trial_number, "values": values, "params": params,
+            })
 
     def release(self, slot_id: int, reason: str) -> bool:
         """End a slot without counting it (shutdown, cancel, timeout) and re-enqueue its
@@ -695,7 +698,7 @@ class JobStore:
             else:
                 job.started -= 1
                 _event(s, job, "trial", {
-                    "number": slot.trial_number, "state": "FAIL", "values": None,
+                    "trial_number": slot.trial_number, "state": "fail", "values": None,
                     "finished": job.finished, "n_trials": job.n_trials,
                     "reason": slot.reason, "retried": retried,
                 })
