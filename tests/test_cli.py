@@ -139,6 +139,7 @@ def test_export_writes_json_to_stdout(
         (["show", "--storage", "postgresql://u@127.0.0.1:1/db"], "cannot open storage"),
         (["keys", "list", "--storage", "sqlite:///{spec_ok}/x.db"], "cannot create the folder"),
         (["worker", "--database-url", "nowhere"], "'nowhere' is not a database URL"),
+        (["worker", "--storage", "nowhere"], "'nowhere' is not a database URL"),
     ],
 )
 def test_mistakes_are_one_red_line_and_exit_code_2(

@@ -440,7 +440,8 @@ def serve(
         typer.Option(help="Embedded worker processes; 0 runs the API alone (TUNER_WORKERS)."),
     ] = None,
     database_url: Annotated[
-        str | None, typer.Option("--database-url", help="TUNER_DATABASE_URL.")
+        str | None,
+        typer.Option("--database-url", "--storage", help="Database URL (TUNER_DATABASE_URL)."),
     ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback bind without API keys.")
@@ -469,7 +470,8 @@ def serve(
 @app.command()
 def worker(
     database_url: Annotated[
-        str | None, typer.Option("--database-url", help="TUNER_DATABASE_URL.")
+        str | None,
+        typer.Option("--database-url", "--storage", help="Database URL (TUNER_DATABASE_URL)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     max_trials: Annotated[
