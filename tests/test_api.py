@@ -479,7 +479,9 @@ def test_enqueued_configurations_run_first(client: TestClient, settings: Setting
     response = client.post(url, json={"params": [{"lr": 0.05, "width": 16}]})
     assert response.status_code == 202 and response.json() == {"enqueued": 1}
     for body, message in [
-        ({"params": [{"lr": 5.0}]}, "[0] "),
+        ({"params": [{"lr": 5.0}]}, "[0] lr: 5.0 is outside [0.01, 0.1] (log)"),
+        ({"params": [{"width": 12}]}, "[0] width: 12 is outside the choices [8, 16]"),
+        ({"params": [{}]}, "[0] an empty configuration; give some of: lr, width"),
         ({"params": []}, "params: List should have at least 1 item"),
         ({"params": [{"lr": [1, 2]}]}, "params.0.lr"),
         ({"configs": []}, "configs: unknown field"),

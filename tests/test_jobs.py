@@ -374,6 +374,14 @@ def test_enqueue_checks_each_configuration(store: JobStore, make_spec: SpecFacto
         store.enqueue(job.id, [{"lr": 5.0}, {"momentum": 0.9}])
     assert "[0] lr: 5.0 is outside" in str(err.value)
     assert "[1] momentum: not a searched parameter; searched: loss, lr, width" in str(err.value)
+    branches = {"optimizer": {"choices": {"sgd": {"momentum": {"low": 0.0, "high": 0.9}},
+                                          "adamw": {}}}}
+    job, _ = store.create(make_spec(name="branches", search_space=branches))
+    with pytest.raises(InvalidRequest) as err:  # momentum would be dropped without a word
+        store.enqueue(job.id, [{"optimizer": "adamw", "optimizer.sgd.momentum": 0.5}])
+    assert "[0] optimizer.sgd.momentum: belongs to optimizer sgd, but this configuration " \
+        "sets optimizer adamw" in str(err.value)
+    assert store.enqueue(job.id, [{"optimizer": "sgd", "optimizer.sgd.momentum": 0.5}]) == 1
 
 
 def test_warm_start_enqueues_the_best_fitting_configurations(

@@ -50,7 +50,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -826,6 +826,8 @@ def _misfits(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> list
     """What keeps ``params`` out of the space, one line per parameter."""
     if not isinstance(params, dict):
         return ["a configuration is an object of parameter -> value"]
+    if not params:
+        return [f"an empty configuration; give some of: {', '.join(sorted(dists))}"]
     problems = []
     for name, value in params.items():
         dist = dists.get(name)
@@ -839,5 +841,22 @@ def _misfits(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> list
         except (ValueError, TypeError):
             fits = False
         if not fits:
-            problems.append(f"{name}: {value!r} is outside {dist}")
+            problems.append(f"{name}: {value!r} is outside {_described(dist)}")
+        dim, _, rest = name.partition(".")
+        branch = rest.partition(".")[0]
+        if rest and dim in params and params[dim] != branch:
+            problems.append(
+                f"{name}: belongs to {dim} {branch}, but this configuration sets {dim} "
+                f"{params[dim]}; drop it or set {dim} {branch}"
+            )
     return problems
+
+
+def _described(dist: BaseDistribution) -> str:
+    """A distribution as a spec would write it, not Optuna's repr."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"the choices {list(dist.choices)}"
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]
+    scale = " (log)" if getattr(dist, "log", False) else ""
+    step = f" in steps of {dist.step}" if getattr(dist, "step", None) else ""  # type: ignore[attr-defined]
+    return f"[{low:g}, {high:g}]{scale}{step}"
