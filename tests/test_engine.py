@@ -213,6 +213,25 @@ def test_tuner_run_fails_a_model_over_the_parameter_limit_and_goes_on(
     assert "TUNER_MAX_MODEL_PARAMS" in states[256][1]
 
 
+def test_a_trial_interrupted_by_ctrl_c_does_not_use_up_a_resumed_budget(
+    sqlite_url: str, make_spec: Spec
+) -> None:
+    spec = make_spec(budget={"n_trials": 2, "max_epochs": 3})
+    study = engine.create_study(spec, make_storage(sqlite_url))
+
+    def ctrl_c() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda trial: evaluate(spec, trial, should_stop=ctrl_c), n_trials=1)
+    (interrupted,) = study.trials
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    study = engine.run_study(spec, storage_url=sqlite_url, device="cpu")  # tuner run, again
+    assert len(study.trials) == 3  # two that count, after the interrupted one
+    assert engine.counted_trials(study) == 2
+
+
 def test_cancellation_stops_a_trial_between_epochs(sqlite_url: str, make_spec: Spec) -> None:
     spec = make_spec()
     study = engine.create_study(spec, make_storage(sqlite_url))

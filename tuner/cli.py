@@ -265,7 +265,7 @@ def run(
         # Everything that can be wrong is checked before the bar appears.
         load_data(spec, root, engine.pick_device(device))
         study = engine.create_study(spec, make_storage(url))
-        existing = len(study.get_trials(deepcopy=False, states=engine.FINISHED))
+        existing = engine.counted_trials(study)
         total = n_trials or spec.budget.n_trials
         budget = _TimeBudget(timeout or spec.budget.timeout_s)
         columns = (

@@ -32,6 +32,7 @@ from tuner.storage import make_storage
 
 __all__ = [
     "configure_torch",
+    "counted_trials",
     "create_study",
     "load_spec_of",
     "load_study",
@@ -275,6 +276,15 @@ def pick_device(requested: str = "auto") -> torch.device:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count toward the budget: the finished ones, except those interrupted
+    (Ctrl-C, a cancel), which would otherwise use up a resumed study's budget."""
+    return sum(
+        not str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+    )
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -287,10 +297,10 @@ def run_study(
 ) -> optuna.Study:
     """Run a study in this process until it holds ``n_trials`` finished trials.
 
-    ``n_trials`` (default ``budget.n_trials``) counts trials already in the study, so
-    running the same spec again resumes an interrupted study. Trials run one at a time
-    with every core: threads within torch beat Python threads around it, and
-    ``parallelism`` is for the service's workers (separate processes).
+    ``n_trials`` (default ``budget.n_trials``) counts trials already in the study
+    (``counted_trials``), so running the same spec again resumes an interrupted study.
+    Trials run one at a time with every core: threads within torch beat Python threads
+    around it, and ``parallelism`` is for the service's workers (separate processes).
     """
     settings = get_settings()
     torch_device = pick_device(device)
@@ -300,7 +310,7 @@ def run_study(
     storage = make_storage(storage_url or settings.database_url)
     study = create_study(spec, storage, spec.name)
     total = n_trials or spec.budget.n_trials
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    done = counted_trials(study)
     if done < total:
         study.optimize(
             lambda trial: evaluate(

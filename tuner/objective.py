@@ -388,10 +388,12 @@ def evaluate(
 
     try:
         result = fit(spec, hp, data, device, on_epoch, max_params)
-    except (optuna.TrialPruned, Cancelled, *TRIAL_FAILURES) as exc:
+    except (optuna.TrialPruned, Cancelled, KeyboardInterrupt, *TRIAL_FAILURES) as exc:
         ended: dict[str, Any] = {"curves": curves, "epochs_run": len(curves["train_loss"])}
         if isinstance(exc, TRIAL_FAILURES):
             ended["fail_reason"] = str(exc)
+        if isinstance(exc, KeyboardInterrupt):  # not counted: a resumed run replaces it
+            ended["fail_reason"] = "interrupted (Ctrl-C)"
         reporter.flush(ended)
         raise
     ended = {
