@@ -121,6 +121,7 @@ def test_bad_job_is_refused_with_advice_and_nothing_written(
     answer = service.client().post("/v1/jobs", content=body, headers=headers)
     assert answer.status_code == status, answer.text
     assert advice in answer.json()["detail"], answer.json()["detail"]
+    assert str(service.data_root) not in answer.text  # no server paths for clients
     assert service.counts() == before
     assert time.monotonic() - started < 30  # never a hang, whatever the input
 

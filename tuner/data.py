@@ -236,7 +236,8 @@ def resolve_path(path: str, data_root: Path) -> Path:
         target = (root / path).resolve(strict=True)
     except (FileNotFoundError, RuntimeError):
         raise DatasetError(
-            f"no file {path!r} under the data root {str(root)!r}; check the path "
+            # The root itself is not named: API clients need not learn server paths.
+            f"no file {path!r} under the data root; check the path "
             "(it is relative to the data root: --data-root or TUNER_DATA_ROOT)"
         ) from None
     if not target.is_relative_to(root):
