@@ -25,12 +25,14 @@ it catches up with a late first answer at its next poll.
 from __future__ import annotations
 
 import gzip
+import json
 import re
 
 from a2wsgi import WSGIMiddleware
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages import BaseStorage
 from optuna_dashboard import wsgi
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,6 +44,9 @@ MAX_AGE_S = 30.0
 MAX_BUSY = 0.25
 MAX_ENTRIES = 16
 STUDY_DETAIL = re.compile(r"/api/studies/[0-9]+")
+STUDY_CHANGE = re.compile(r"/api/studies/(?P<id>[0-9]+)(?P<rename>/rename)?")
+JOB_STUDY = re.compile(r"job-(?P<job>j_[0-9a-f]+)")
+"""How ``JobStore.create`` names a job's study."""
 PAGE = "/dashboard"
 
 
@@ -52,15 +57,16 @@ def dashboard_app(
     cached and rendered in a child process on ``database_url`` (the storage's); it lists
     each trial's saved weights from the same artifact store."""
     app = WSGIMiddleware(wsgi(storage, artifact_store=artifacts))  # type: ignore[arg-type]
-    return StudyDetailCache(app, StudyRenderer(database_url))
+    return StudyDetailCache(app, StudyRenderer(database_url), storage)
 
 
 class StudyDetailCache:
     """``GET /api/studies/<id>`` from the cache; every other request to ``app``."""
 
-    def __init__(self, app: ASGIApp, renderer: StudyRenderer) -> None:
+    def __init__(self, app: ASGIApp, renderer: StudyRenderer, storage: BaseStorage) -> None:
         self.app = app
         self.renderer = renderer
+        self.storage = storage
         self.cache = ReadCache(
             ttl_s=TTL_S, max_age_s=MAX_AGE_S, max_entries=MAX_ENTRIES, workers=2,
             max_busy=MAX_BUSY,
@@ -75,6 +81,9 @@ class StudyDetailCache:
             if scope["type"] == "http":
                 if scope["path"].startswith(PAGE):
                     self.renderer.start()  # a browser on the page asks for a study next
+                if refusal := await self._job_study_change(scope):
+                    await _send_json(send, 409, {"reason": refusal})
+                    return
                 scope = _with_accept_encoding(scope)
             await self.app(scope, receive, send)
             return
@@ -93,6 +102,24 @@ class StudyDetailCache:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def _job_study_change(self, scope: Scope) -> str | None:
+        """Why a delete or rename of a job's study is refused: the job would be left
+        without its trials (its workers then fail it), so the job API does both."""
+        found = STUDY_CHANGE.fullmatch(scope["path"])
+        if found is None or scope["method"] != ("POST" if found["rename"] else "DELETE"):
+            return None
+        try:
+            name = await run_in_threadpool(self.storage.get_study_name_from_id, int(found["id"]))
+        except KeyError:
+            return None  # optuna-dashboard answers for a study that is not there
+        job = JOB_STUDY.fullmatch(name)
+        if job is None:
+            return None
+        return (
+            f"study {name} belongs to job {job['job']}; delete the job (DELETE "
+            f"/v1/jobs/{job['job']}) to remove both, or export its best trial first"
+        )
+
     def close(self) -> None:
         """Stop the renderer's child process (the app's shutdown)."""
         self.renderer.close()
@@ -104,3 +131,11 @@ def _with_accept_encoding(scope: Scope) -> Scope:
     if any(name == b"accept-encoding" for name, _ in scope["headers"]):
         return scope
     return {**scope, "headers": [*scope["headers"], (b"accept-encoding", b"identity")]}
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+    ]})
+    await send({"type": "http.response.body", "body": data})

@@ -549,6 +549,16 @@ def test_dashboard_is_served_at_the_root_and_lists_job_studies(
     studies = shared.get("/api/studies").json()["study_summaries"]
     assert done["study_name"] in [s["study_name"] for s in studies]
     assert shared.get(done["links"]["dashboard"]).status_code == 200
+    study_id = int(done["links"]["dashboard"].rsplit("/", 1)[1])
+    for method, path, body in [("DELETE", f"/api/studies/{study_id}", None),
+                               ("POST", f"/api/studies/{study_id}/rename",
+                                {"study_name": "renamed"})]:
+        refused = shared.request(method, path, json=body)
+        assert refused.status_code == 409, refused.text
+        assert f"belongs to job {done['id']}; delete the job" in refused.json()["reason"]
+    assert done["study_name"] in optuna.get_all_study_names(shared.app.state.storage)  # type: ignore[attr-defined]
+    other = optuna.create_study(storage=shared.app.state.storage)  # type: ignore[attr-defined]
+    assert shared.delete(f"/api/studies/{other._study_id}").status_code < 300  # not a job's
     bare = shared.build_request("GET", "/static/bundle.js")
     del bare.headers["accept-encoding"]  # a client that sends none
     script = shared.send(bare)
