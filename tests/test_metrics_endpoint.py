@@ -115,7 +115,8 @@ def test_live_workers_and_their_last_heartbeat(ran: tuple[TestClient, Settings])
     }
     assert beats["w-silent"].value == pytest.approx(long_ago.timestamp(), abs=1e-3)
     assert beats["w-silent"].labels == {"worker": "w-silent", "hostname": "host-b",
-                                        "state": "running"}
+                                        "state": "lost"}  # it never said it stopped
+    assert beats["w-live"].labels["state"] == "running"
     assert beats["w-live"].value > beats["w-silent"].value
     stopped = [s for s in beats.values() if s.labels["state"] == "stopped"]
     assert len(stopped) == 1  # the worker that ran the trials said it stopped

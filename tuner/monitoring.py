@@ -127,7 +127,8 @@ class TunerCollector(Collector):
         ) or 0)
         beats = GaugeMetricFamily(
             "tuner_worker_last_heartbeat_timestamp_seconds",
-            "Unix time of each worker's last heartbeat (workers seen in the last 24 h).",
+            "Unix time of each worker's last heartbeat (workers seen in the last 24 h); "
+            "state lost: running, but silent past the grace period (killed, or cut off).",
             labels=["worker", "hostname", "state"],
         )
         recent = conn.execute(
@@ -137,7 +138,8 @@ class TunerCollector(Collector):
             .limit(MAX_WORKER_SERIES)
         )
         for worker_id, hostname, state, beat in recent:
-            beats.add_metric([worker_id, hostname, state], beat.timestamp())
+            said = "lost" if state == "running" and beat < live_after else state
+            beats.add_metric([worker_id, hostname, said], beat.timestamp())
         return [live, beats]
 
     def _deliveries(self, conn: Connection) -> Metric:
