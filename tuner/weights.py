@@ -117,10 +117,8 @@ def keep_top_k(
     for trial in [*ranked[k : k + 1], *(t for t in ranked if t.number == finished_number)]:
         if trial.number in top:
             continue
-        for meta in get_all_artifact_meta(trial, storage=study._storage):
-            if meta.filename.endswith(SUFFIX):
-                with contextlib.suppress(ArtifactNotFound):
-                    store.remove(meta.artifact_id)
+        metas = get_all_artifact_meta(trial, storage=study._storage)
+        remove_artifacts([m.artifact_id for m in metas if m.filename.endswith(SUFFIX)], store)
 
 
 ARTIFACTS_ATTR = "artifacts:"

@@ -168,7 +168,7 @@ def update_job(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, **CONFLICT},
     dependencies=[Submit],
-    summary="Delete a job and its study",
+    summary="Delete a job, its study and its weights",
 )
 def delete_job(
     job: JobDep, store: StoreDep, storage: StorageDep, artifacts: ArtifactsDep
