@@ -198,7 +198,7 @@ class _TimeBudget:
 
     def spent(self) -> float:
         """Fraction of the time used, 0 without a timeout."""
-        if self.deadline is None or not self.timeout_s:
+        if self.deadline is None or self.timeout_s is None:
             return 0.0
         return min(1.0, 1 - (self.deadline - time.monotonic()) / self.timeout_s)
 
@@ -484,9 +484,9 @@ def worker(
     from tuner.worker import run_worker
 
     settings = _settings(database_url=database_url, device=device)
-    configure_logging(settings)
-    with user_errors():
+    with user_errors():  # a bad database is one red line, before logging is set up
         migrate(settings.database_url)
+    configure_logging(settings)
     raise typer.Exit(run_worker(settings, max_trials=max_trials))
 
 
