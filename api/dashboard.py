@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.cache import ReadCache
 from api.study_render import Answer, StudyRenderer
+from tuner.jobs.store import JOB_STUDY_PREFIX
 
 TTL_S = 2.0
 MAX_AGE_S = 30.0
@@ -45,8 +46,7 @@ MAX_BUSY = 0.25
 MAX_ENTRIES = 16
 STUDY_DETAIL = re.compile(r"/api/studies/[0-9]+")
 STUDY_CHANGE = re.compile(r"/api/studies/(?P<id>[0-9]+)(?P<rename>/rename)?")
-JOB_STUDY = re.compile(r"job-(?P<job>j_[0-9a-f]+)")
-"""How ``JobStore.create`` names a job's study."""
+JOB_STUDY = re.compile(re.escape(JOB_STUDY_PREFIX) + r"(?P<job>j_[0-9a-f]+)")
 PAGE = "/dashboard"
 
 

@@ -64,6 +64,7 @@ def _relocate(err: dict[str, Any]) -> dict[str, Any]:
         return {**err, "loc": ("body",), "msg": msg}
     where, *rest = err["loc"] or ("body",)
     if where == "body":
+        # A whole-spec check names its own fields; only a missing body is "body".
         loc = tuple(rest) if rest or err["type"] != "missing" else ("body",)
     else:
         loc = (f"{where} parameter {'.'.join(str(p) for p in rest)}",)

@@ -24,7 +24,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space as spaces
 from tuner.errors import UsageError
-from tuner.objective import TRIAL_FAILURES, evaluate, get_objective, load_data, resolved_metrics
+from tuner.objective import (
+    INTERRUPTED,
+    TRIAL_FAILURES,
+    evaluate,
+    get_objective,
+    load_data,
+    resolved_metrics,
+)
 from tuner.pruning import min_resource
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
@@ -280,7 +287,7 @@ def counted_trials(study: optuna.Study) -> int:
     """Trials that count toward the budget: the finished ones, except those interrupted
     (Ctrl-C, a cancel), which would otherwise use up a resumed study's budget."""
     return sum(
-        not str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
+        not str(t.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)
         for t in study.get_trials(deepcopy=False, states=FINISHED)
     )
 

@@ -76,6 +76,7 @@ from tuner.trial_writes import write
 
 __all__ = [
     "CNN",
+    "INTERRUPTED",
     "MLP",
     "TRIAL_FAILURES",
     "Cancelled",
@@ -306,6 +307,10 @@ class ModelTooLarge(ValueError):
     """A configuration whose model has more parameters than the settings allow."""
 
 
+INTERRUPTED = "interrupted"
+"""How the ``fail_reason`` of a trial stopped before its end (Ctrl-C, a cancel) begins:
+such a trial does not count toward a budget (``engine.counted_trials``)."""
+
 TRIAL_FAILURES = (train.Diverged, ModelTooLarge)
 """Errors that fail one trial, with its ``fail_reason``, while the study goes on (pass
 them as ``catch`` to ``study.optimize``)."""
@@ -393,7 +398,7 @@ def evaluate(
         if isinstance(exc, TRIAL_FAILURES):
             ended["fail_reason"] = str(exc)
         if isinstance(exc, KeyboardInterrupt):  # not counted: a resumed run replaces it
-            ended["fail_reason"] = "interrupted (Ctrl-C)"
+            ended["fail_reason"] = f"{INTERRUPTED} (Ctrl-C)"
         reporter.flush(ended)
         raise
     ended = {

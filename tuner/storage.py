@@ -54,7 +54,8 @@ from tuner.errors import UsageError
 from tuner.settings import get_settings
 
 __all__ = [
-    "SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "engine_kwargs_for", "make_storage", "parse_url",
+    "SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "cause_of", "engine_kwargs_for", "make_storage",
+    "parse_url",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -130,11 +131,14 @@ def make_storage(
             grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
         )
     except (ImportError, optuna.exceptions.StorageInternalError, exc.OperationalError) as e:
-        raise UsageError(f"cannot open storage {make_url(url)!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot open storage {make_url(url)!r}: {cause_of(e)}") from None
 
 
-def _first_line(error: Exception) -> str:
-    """SQLAlchemy's errors go on with the statement and a link: the cause is enough."""
+def cause_of(error: Exception) -> str:
+    """Why a database did not open, in one line: an OS error's reason, or the driver's
+    first line (SQLAlchemy's go on with the statement and a link)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
     return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 

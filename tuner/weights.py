@@ -19,6 +19,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.study import StudyDirection
 from safetensors.torch import save_file
@@ -121,18 +122,13 @@ def keep_top_k(
         remove_artifacts([m.artifact_id for m in metas if m.filename.endswith(SUFFIX)], store)
 
 
-ARTIFACTS_ATTR = "artifacts:"
-"""How Optuna names a trial's system attributes for its artifacts
-(``optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX``)."""
-
-
 def artifact_ids(study: optuna.Study) -> list[str]:
     """Every file the study's trials keep in the artifact store (their weights): read
     before a job is deleted, since the study, and the trials' record of them, goes too.
     Only trials that list one are read again (a few: the top k)."""
     keeping = [
         t for t in study.get_trials(deepcopy=False)
-        if any(key.startswith(ARTIFACTS_ATTR) for key in t.system_attrs)
+        if any(key.startswith(ARTIFACTS_ATTR_PREFIX) for key in t.system_attrs)
     ]
     storage = study._storage
     return [m.artifact_id for t in keeping for m in get_all_artifact_meta(t, storage=storage)]

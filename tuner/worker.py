@@ -40,7 +40,7 @@ from tuner.gc_tuning import tune_gc
 from tuner.jobs.store import Claim, JobNotFound, JobStore
 from tuner.jobs.wakeup import Wakeup
 from tuner.logs import configure_logging
-from tuner.objective import TRIAL_FAILURES, Cancelled, ResultHook, evaluate
+from tuner.objective import INTERRUPTED, TRIAL_FAILURES, Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.storage import make_storage
@@ -261,7 +261,7 @@ class Worker:
                     max_params=self.settings.max_model_params,
                 )
             except Cancelled as exc:
-                trial.set_user_attr("fail_reason", f"interrupted: {stopper.reason or exc}")
+                trial.set_user_attr("fail_reason", f"{INTERRUPTED}: {stopper.reason or exc}")
                 raise
             except (*TRIAL_FAILURES, optuna.TrialPruned):
                 raise

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from tuner.errors import UsageError
 from tuner.jobs.models import Base
-from tuner.storage import engine_kwargs_for, make_storage, parse_url
+from tuner.storage import cause_of, engine_kwargs_for, make_storage, parse_url
 
 VERSION_TABLE = "tuner_alembic_version"
 """Our Alembic version table; Optuna keeps its own ``alembic_version`` beside it."""
@@ -96,7 +96,6 @@ def migrate(url: str) -> None:
             storage.remove_session()
             storage.engine.dispose()
     except (OSError, OperationalError) as exc:  # no such folder, no server, no access
-        cause = exc.strerror if isinstance(exc, OSError) else exc.orig
-        raise UsageError(f"cannot open database {make_url(url)!r}: {cause}") from None
+        raise UsageError(f"cannot open database {make_url(url)!r}: {cause_of(exc)}") from None
     finally:
         engine.dispose()

@@ -75,6 +75,8 @@ from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.storage import make_storage
 
+JOB_STUDY_PREFIX = "job-"
+"""A job's Optuna study is named this and the job id."""
 WARM_START_TOP_K = 10
 """How many of an earlier job's best configurations ``warm_start_from`` enqueues."""
 
@@ -260,7 +262,7 @@ class JobStore:
                 return existing, False
         warm = self._warm_start_params(spec, owner) if spec.warm_start_from else []
         job_id = new_job_id()
-        study_name = f"job-{job_id}"
+        study_name = f"{JOB_STUDY_PREFIX}{job_id}"
         try:
             study = optuna_engine.create_study(spec, self.storage, study_name)
         except SpecError as exc:
@@ -399,8 +401,8 @@ class JobStore:
                 job.timeout_s = timeout_s
                 if job.started_at is not None and job.state == JobState.running:
                     job.deadline_at = job.started_at + timedelta(seconds=timeout_s)
-            changed = {"n_trials": n_trials, "timeout_s": timeout_s}
-            changed = {k: v for k, v in changed.items() if v is not None}
+            asked = {"n_trials": n_trials, "timeout_s": timeout_s}
+            changed = {k: v for k, v in asked.items() if v is not None}
             job.spec = {**job.spec, "budget": {**job.spec.get("budget", {}), **changed}}
             if job.state == JobState.succeeded and (
                 job.finished < job.n_trials or timeout_s is not None
