@@ -523,10 +523,12 @@ def test_health_and_readiness(client: TestClient, tmp_path: Path) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["migrations"] is True
+    assert [client.head(path).status_code for path in ("/healthz", "/readyz")] == [200, 200]
     unmigrated = make_settings(tmp_path / "fresh")
     unmigrated.artifact_root.mkdir(parents=True)
     with TestClient(create_app(unmigrated)) as fresh:
         response = fresh.get("/readyz")
+        assert fresh.head("/readyz").status_code == 503
     assert response.status_code == 503
     assert response.json()["database"] is True and response.json()["migrations"] is False
 

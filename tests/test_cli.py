@@ -67,6 +67,9 @@ def test_run_export_train_reproduces_the_trial_metric(
 
     code, out = invoke("train", str(best), "-o", str(tmp_path))  # checked before training
     assert code == 2 and f"{tmp_path}: Is a directory" in out, out
+    code, out = invoke("train", str(best), "-o", str(tmp_path / "model.pt"))
+    assert code == 2 and "name the file model.safetensors" in out, out
+    assert not (tmp_path / "model.pt").exists()
 
     model = tmp_path / "model.safetensors"
     code, out = invoke("train", str(best), "-o", str(model), "--device", "cpu")

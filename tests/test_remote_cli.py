@@ -110,7 +110,9 @@ def test_status_shows_state_trials_and_best(live: str, watched: tuple[str, Resul
 
 @pytest.mark.slow
 def test_an_unknown_job_is_one_line_with_the_servers_detail(live: str) -> None:
-    assert "j_000000000000" in one_red_line(tuner("status", "j_000000000000", server=live))
+    line = one_red_line(tuner("status", "j_000000000000", server=live))
+    assert "j_000000000000" in line
+    assert "`tuner jobs`" in line and "GET /v1/jobs" not in line
 
 
 @pytest.mark.slow

@@ -395,12 +395,18 @@ def train(
     """Retrain one fixed configuration and print its metrics beside the trial's."""
     with user_errors():
         spec = load_spec(spec_file)
+        from tuner.errors import UsageError
         from tuner.export import data_changed, fixed_hp, retrain
         from tuner.weights import save_model
 
         hp = fixed_hp(spec)  # checks every value is fixed before any training
         if output is not None:
             _check_writable(output)
+            if output.suffix != ".safetensors":
+                raise UsageError(
+                    f"{output}: the weights are written as safetensors; name the file "
+                    f"{output.with_suffix('.safetensors').name}"
+                )
         root = data_root or get_settings().data_root
         if warning := data_changed(spec, root):
             err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)

@@ -44,6 +44,7 @@ STATE_STYLE = {
     "cancelled": "magenta",
 }
 _JOB_ID = re.compile(r"^j_[0-9a-f]{6,32}$")
+_LIST_JOBS_ROUTE = re.compile(r"GET /v1/jobs\b(?!/)")
 
 ServerOpt = Annotated[
     str | None,
@@ -75,7 +76,9 @@ def connect(server: str | None, key: str | None) -> Iterator[Client]:
         with Client(server, api_key=key) as client:
             yield client
     except (TunerError, SpecError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # The server's hints name its routes; on the command line the command is the hint.
+        message = _LIST_JOBS_ROUTE.sub("`tuner jobs`", str(exc))
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
 
 

@@ -14,11 +14,14 @@ from tuner.jobs.db import VERSION_TABLE, alembic_config
 router = APIRouter(tags=["health"])
 
 
+# Load balancers probe with HEAD as often as with GET (the docs show the GET alone).
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Status, summary="The process is alive")
 def healthz() -> Status:
     return Status(status="ok")
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     response_model=Readiness,
