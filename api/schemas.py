@@ -112,7 +112,7 @@ class TrialCounts(Out):
     They differ by the trials that were interrupted (a cancel, the timeout, a lost
     worker): Optuna keeps them as ``fail`` (their ``reason`` says so), but they give
     their slot back and their configuration runs again, so they do not count toward
-    ``n_trials``; a retry still queued when the job ends stays ``waiting``.
+    ``n_trials``; a retry queued when a job fails stays ``waiting`` for its resume.
     """
 
     started: int = Field(

@@ -284,6 +284,24 @@ def test_timeout_stops_claims_and_ends_the_job(store: JobStore, make_spec: SpecF
     assert job.state == "succeeded" and "timeout of 0.01 s reached after 1 of 5" in job.reason
 
 
+def test_a_trial_stopped_by_the_timeout_is_not_queued_again(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    """The job will succeed once nothing runs: a retry queued then would wait forever."""
+    job, _ = store.create(make_spec(budget={"n_trials": 5, "max_epochs": 3, "timeout_s": 0.3}))
+    first, second = store.claim("w1"), store.claim("w2")
+    assert first is not None and second is not None
+    assert complete(store, first.slot_id, job.id, 0.5)
+    stopped = run_trial(store, second.slot_id, job.id)
+    time.sleep(0.4)
+    store.storage.set_trial_state_values(stopped._trial_id, TrialState.FAIL)
+    assert store.release(second.slot_id, "job timeout reached")
+    assert store.get(job.id).state == "succeeded"
+    assert study_of(store, job.id).get_trials(states=(TrialState.WAITING,)) == []
+    trial_events = [e.data for e in store.events(job.id) if e.kind == "trial"]
+    assert trial_events[-1]["reason"] == "job timeout reached" and not trial_events[-1]["retried"]
+
+
 def test_delete_removes_job_and_study(store: JobStore, make_spec: SpecFactory) -> None:
     job, _ = store.create(make_spec())
     assert store.claim("w1") is not None

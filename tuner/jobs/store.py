@@ -678,7 +678,7 @@ class JobStore:
         else:
             outcome = SlotState.lost
             counts = trial is not None and max_retries is not None and slot.attempt > max_retries
-        study_name = self._active_study(slot.job_id)
+        study_name = self._retry_study(slot.job_id)
         retried = not counts and trial is not None and bool(trial.params) and bool(study_name)
         if retried:
             study = optuna.load_study(study_name=study_name, storage=self.storage)
@@ -714,7 +714,7 @@ class JobStore:
         without knowing it. A live worker attaches moments after asking, so a trial
         unattached for ``older_than_s`` is an orphan.
         """
-        study_name = self._active_study(slot.job_id)
+        study_name = self._retry_study(slot.job_id)
         if study_name is None:
             return
         try:
@@ -762,11 +762,22 @@ class JobStore:
         except (UpdateFinishedTrialError, KeyError):
             pass  # finished meanwhile (or its study was deleted): nothing left to fail
 
-    def _active_study(self, job_id: str) -> str | None:
-        """The study of a queued or running job, else None (no point in retrying)."""
+    def _retry_study(self, job_id: str) -> str | None:
+        """The study where a retry of the job's trial would still run, else None.
+
+        None for an ended job, and for one whose time is up with trials counted: it will
+        succeed once nothing runs, and a retry queued now would wait forever.
+        """
         with self._tx() as s:
-            row = s.execute(select(Job.state, Job.study_name).where(Job.id == job_id)).first()
-        return row.study_name if row is not None and row.state in ACTIVE_STATES else None
+            row = s.execute(
+                select(Job.state, Job.study_name, Job.deadline_at, Job.finished)
+                .where(Job.id == job_id)
+            ).first()
+        if row is None or row.state not in ACTIVE_STATES:
+            return None
+        if row.finished and row.deadline_at is not None and row.deadline_at <= utcnow():
+            return None
+        return row.study_name
 
     def reap(self, grace_period_s: float, max_retries: int) -> int:
         """Fail the trials of slots silent for ``grace_period_s`` and retry their params.
