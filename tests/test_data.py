@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +212,37 @@ def test_npz_with_object_arrays_or_missing_keys_is_refused(tmp_path: Path) -> No
     np.save(tmp_path / "plain.npy", np.zeros((20, 2)))
     with pytest.raises(DatasetError, match=r"not an \.npz archive"):
         load_dataset(spec(name="npz", path="plain.npy"), tmp_path)
+
+
+def test_csv_with_one_huge_cell_is_refused_without_padding_every_cell(tmp_path: Path) -> None:
+    """One 130,000-character cell among 200,000 short rows: a fixed-width text table of
+    this file (1 MB) would need 97 GiB."""
+    for column, message in (("a", "X has 1 missing or infinite"), ("y", "at most 200")):
+        cell = ("1" if column == "a" else "x") * 130_000
+        with (tmp_path / "wide.csv").open("w") as fh:
+            fh.write("a,y\n" + (f"{cell},x\n" if column == "a" else f"1,{cell}\n"))
+            fh.writelines("1,x\n" if i % 2 else "2,z\n" for i in range(200_000))
+        with pytest.raises(DatasetError, match=message):
+            fresh(spec(name="csv", path="wide.csv", target="y"), tmp_path)
+
+
+def test_npz_whose_arrays_are_not_what_they_claim_is_refused(tmp_path: Path) -> None:
+    y = io.BytesIO()
+    np.save(y, np.arange(10) % 2)
+    claims_745_gib = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        claims_745_gib, {"descr": "<f8", "fortran_order": False, "shape": (10**11, 1)}
+    )
+    claims_745_gib.write(bytes(80))
+    for name, member, message in (
+        ("bomb.npz", claims_745_gib.getvalue(), r"X claims shape \(100000000000, 1\)"),
+        ("text.npz", b"notnpy", "X is not a numpy array"),
+    ):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("X.npy", member)
+            archive.writestr("y.npy", y.getvalue())
+        with pytest.raises(DatasetError, match=message):
+            fresh(spec(name="npz", path=name), tmp_path)
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ MAX_INFERRED_CLASSES = 50
 """An integer target with at most this many distinct values is taken as class labels."""
 MAX_CLASSES = 1000
 MIN_ROWS = 10
+MAX_LABEL_CHARS = 200
+"""The longest class name a csv target may hold."""
 
 
 class DatasetError(ValueError):
@@ -288,7 +290,9 @@ def _csv(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
         raise DatasetError(f"{spec.path} has only the target column; add feature columns")
     if not rows:
         raise DatasetError(f"{spec.path} has a header but no data rows")
-    table = np.array(rows, dtype=str)
+    # Objects, not a fixed-width str array: that pads every cell to the longest one (a
+    # 130,000-character cell made a 146 KB file take 8 GB).
+    table = np.array(rows, dtype=object)
     t = header.index(spec.target)
     features = np.delete(table, t, axis=1)
     try:
@@ -297,20 +301,36 @@ def _csv(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
         names = [h for i, h in enumerate(header) if i != t]
         r, c = next((r, c) for (r, c), v in np.ndenumerate(features) if not _is_number(v))
         raise DatasetError(
-            f"{spec.path} row {r + 1} column {names[c]!r} is not a number ({features[r, c]!r}); "
-            "feature columns must be numeric: encode or drop that column, fill empty cells"
+            f"{spec.path} row {r + 1} column {names[c]!r} is not a number "
+            f"({_clip(features[r, c])!r}); feature columns must be numeric: encode or drop "
+            "that column, fill empty cells"
         ) from None
-    y_text = np.char.strip(table[:, t])
-    if (y_text == "").any():
+    labels = [cell.strip() for cell in table[:, t]]
+    if empty := labels.count(""):
         raise DatasetError(
-            f"{spec.path} has {int((y_text == '').sum())} empty {spec.target!r} cells; "
-            "fill or drop those rows"
+            f"{spec.path} has {empty} empty {spec.target!r} cells; fill or drop those rows"
         )
+    return _Raw(x, _targets(labels, spec.path or ""), spec.task)
+
+
+def _targets(labels: list[str], path: str) -> np.ndarray:
+    """A csv target column as numbers, or as class names of bounded length."""
     try:
-        y: np.ndarray = y_text.astype(np.float64)
+        return np.array(labels, dtype=object).astype(np.float64)
     except ValueError:
-        y = y_text
-    return _Raw(x, y, spec.task)
+        pass
+    longest = max(labels, key=len)
+    if len(longest) > MAX_LABEL_CHARS:
+        raise DatasetError(
+            f"{path} has a target label of {len(longest)} characters "
+            f"({_clip(longest)!r}); class names may have at most {MAX_LABEL_CHARS}"
+        )
+    return np.array(labels, dtype=str)
+
+
+def _clip(text: str, chars: int = 40) -> str:
+    """A cell short enough to quote in an error message."""
+    return text if len(text) <= chars else text[:chars] + "..."
 
 
 def _is_number(text: str) -> bool:
@@ -328,11 +348,14 @@ def _npz(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
     try:
         with zipfile.ZipFile(path) as zf:
             unpacked = sum(info.file_size for info in zf.infolist())
+            _check_file_size(path, unpacked, max_bytes, " (unpacked)")
+            for info in zf.infolist():
+                if info.filename in ("X.npy", "y.npy"):
+                    _check_npy_header(zf, info, spec.path or "")
     except zipfile.BadZipFile:
         raise DatasetError(
             f"{spec.path} is not an .npz archive; save it with np.savez(path, X=..., y=...)"
         ) from None
-    _check_file_size(path, unpacked, max_bytes, " (unpacked)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = list(archive.files)
@@ -369,6 +392,30 @@ def _npz(spec: DatasetSpec, root: Path, max_bytes: int) -> _Raw:
     if y.dtype.kind not in "biuf" and y.dtype.kind != "U":
         raise DatasetError(f"{spec.path}: y has dtype {y.dtype}; use numbers or strings")
     return _Raw(x.astype(np.float64), y, spec.task, image_shape)  # type: ignore[arg-type]
+
+
+def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> None:
+    """Refuse an array whose header claims more data than its member holds: numpy would
+    allocate the claimed shape before it noticed (a 80-byte member claiming 745 GiB)."""
+    name = info.filename.removesuffix(".npy")
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    try:
+        with zf.open(info) as member:
+            version = fmt.read_magic(member)
+            if version not in readers:
+                raise ValueError(f"npy format {version[0]}.{version[1]}")
+            shape, _, dtype = readers[version](member)
+    except ValueError as exc:
+        raise DatasetError(
+            f"{path}: {name} is not a numpy array ({exc}); save it with np.savez"
+        ) from None
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size:
+        raise DatasetError(
+            f"{path}: {name} claims shape {shape} ({claimed} bytes) but holds "
+            f"{info.file_size} bytes; the file is damaged, save it again with np.savez"
+        )
 
 
 _SOURCES: dict[str, Source] = {
