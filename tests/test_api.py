@@ -484,6 +484,7 @@ def test_enqueued_configurations_run_first(client: TestClient, settings: Setting
         ({"params": [{}]}, "[0] an empty configuration; give some of: lr, width"),
         ({"params": []}, "params: List should have at least 1 item"),
         ({"params": [{"lr": [1, 2]}]}, "params.0.lr"),
+        ({"params": [{"lr": 10**400}]}, "params.0.lr: a whole number too large"),
         ({"configs": []}, "configs: unknown field"),
     ]:
         refused = client.post(url, json=body)

@@ -105,6 +105,14 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("two metrics with cmaes", _spec(
         metrics=[{"name": "val_accuracy"}, {"name": "n_params"}], sampler={"name": "cmaes"}),
      422, "sampler 'cmaes' cannot optimise 2 metrics"),
+    ("threshold lower > upper", _spec(pruner={"name": "threshold", "lower": 1, "upper": 0}),
+     422, "lower (1) must be below its upper (0)"),
+    ("a 401-digit bound", _space(lr={"low": 0, "high": 10**400}), 422,
+     "search_space.lr.high: a whole number too large"),
+    ("a 401-digit value", _space(batch_size=10**400), 422,
+     "search_space.batch_size: a whole number too large"),
+    ("a 401-digit choice", _space(width={"choices": [8, 10**400]}), 422,
+     "search_space.width.choices.1: a whole number too large"),
     ("bad Idempotency-Key", _spec(), 422, "Idempotency-Key"),
 ]
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -41,7 +42,20 @@ from pydantic import (
 MAX_CHOICES = 256
 """More choices than this is a list, not a search dimension."""
 
-Scalar = bool | int | float | str
+
+
+def _within_float_range(value: int) -> int:
+    """Refuse a whole number past float's range: every number here meets float math."""
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError("a whole number too large; numbers must lie within ±1.7e308") from None
+    return value
+
+
+Int = Annotated[int, AfterValidator(_within_float_range)]
+"""A whole number of a spec (JSON allows any length)."""
+Scalar = bool | Int | float | str
 Direction = Literal["minimize", "maximize"]
 
 BUNDLED_DATASETS = {
@@ -142,10 +156,10 @@ class Strict(BaseModel):
 class Range(Strict):
     """A numeric range: ``{low: 1e-4, high: 0.1, log: true}``; ``step`` makes it discrete."""
 
-    low: float | int
-    high: float | int
+    low: float | Int
+    high: float | Int
     log: bool = False
-    step: float | int | None = None
+    step: float | Int | None = None
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Self:
@@ -360,13 +374,18 @@ class PrunerSpec(Strict):
     n_warmup_steps: int = Field(default=0, ge=0)
     percentile: float = Field(default=50.0, gt=0, lt=100)
     patience: int = Field(default=3, ge=0)
-    lower: float | None = None
-    upper: float | None = None
+    lower: float | None = Field(default=None, allow_inf_nan=False)
+    upper: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _threshold_bounds(self) -> Self:
         if self.name == "threshold" and self.lower is None and self.upper is None:
             raise ValueError("the threshold pruner needs lower or upper")
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(
+                f"the threshold pruner's lower ({self.lower:g}) must be below its upper "
+                f"({self.upper:g}): trials outside [lower, upper] are pruned"
+            )
         return self
 
 
@@ -650,8 +669,12 @@ def dump_spec(spec: StudySpec, fmt: Literal["yaml", "json"] = "yaml") -> str:
 def format_errors(exc: ValidationError) -> str:
     """One line per problem: where it is and what to change."""
     lines = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+    errors = exc.errors(include_url=False)
+    explained = {_where(e) for e in errors if e["type"] == "value_error"}
+    for err in errors:
+        where = _where(err)
+        if where in explained and err["type"] != "value_error":
+            continue  # a union's other members ("not a boolean") beside the real reason
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it (check the spelling)"
@@ -661,6 +684,12 @@ def format_errors(exc: ValidationError) -> str:
     return "\n".join(dict.fromkeys(lines))
 
 
+def _where(err: Any) -> str:
+    return ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+
+
 def _is_union_tag(part: Any) -> bool:
-    return part in {"range", "choice", "branches", "value", "bool", "int", "float", "str"}
+    return part in {"range", "choice", "branches", "value", "bool", "int", "float", "str"} or (
+        str(part).startswith("function-after[")
+    )
 
