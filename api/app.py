@@ -35,7 +35,7 @@ from api.routes import (
     uploads,
 )
 from api.schemas import GUARDED
-from api.security import Guard
+from api.security import Guard, SecurityHeaders
 from tuner.jobs.store import JobStore
 from tuner.keys import KeyStore
 from tuner.settings import Settings, get_settings
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: the guard answers before a body is read at all.
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Guard, keys=app.state.keys, settings=settings)
+    app.add_middleware(SecurityHeaders)  # on every answer, refusals included
     return app
 
 

@@ -34,7 +34,7 @@ from optuna.storages import BaseStorage
 from optuna_dashboard import wsgi
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.cache import ReadCache
 from api.study_render import Answer, StudyRenderer
@@ -45,7 +45,13 @@ MAX_AGE_S = 30.0
 MAX_BUSY = 0.25
 MAX_ENTRIES = 16
 STUDY_DETAIL = re.compile(r"/api/studies/[0-9]+")
-STUDY_CHANGE = re.compile(r"/api/studies/(?P<id>[0-9]+)(?P<rename>/rename)?")
+# \d as the dashboard's router reads ids: any Unicode digit, which int() takes ("١٢" is 12).
+STUDY_CHANGE = re.compile(r"/api/studies/(?P<id>\d+)(?P<rename>/rename)?")
+JSON_BODY = re.compile(
+    r"/api/(studies(/\d+(/rename|/note|/preference|/preference_feedback_component"
+    r"|/\d+/note))?|trials/\d+/(tell|user-attrs))"
+)
+"""optuna-dashboard's routes that read a JSON object (a 500 for any other body)."""
 JOB_STUDY = re.compile(re.escape(JOB_STUDY_PREFIX) + r"(?P<job>j_[0-9a-f]+)")
 PAGE = "/dashboard"
 
@@ -82,8 +88,16 @@ class StudyDetailCache:
                 if scope["path"].startswith(PAGE):
                     self.renderer.start()  # a browser on the page asks for a study next
                 if refusal := await self._job_study_change(scope):
-                    await _send_json(send, 409, {"reason": refusal})
+                    await _send_json(send, *refusal)
                     return
+                if scope["method"] in ("POST", "PUT") and JSON_BODY.fullmatch(scope["path"]):
+                    body = await _read_body(receive)
+                    if not _is_json_object(Headers(scope=scope), body):
+                        await _send_json(send, 400, {
+                            "reason": "send a JSON object (Content-Type: application/json)"
+                        })
+                        return
+                    receive = _replay(body)
                 scope = _with_accept_encoding(scope)
             await self.app(scope, receive, send)
             return
@@ -102,23 +116,25 @@ class StudyDetailCache:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _job_study_change(self, scope: Scope) -> str | None:
-        """Why a delete or rename of a job's study is refused: the job would be left
-        without its trials (its workers then fail it), so the job API does both."""
+    async def _job_study_change(self, scope: Scope) -> tuple[int, dict[str, str]] | None:
+        """Why a delete or rename of a study is refused: 404 for one that is not there
+        (optuna-dashboard's answer was a 500), 409 for a job's, which would be left
+        without its trials (its workers then fail it): the job API does both."""
         found = STUDY_CHANGE.fullmatch(scope["path"])
         if found is None or scope["method"] != ("POST" if found["rename"] else "DELETE"):
             return None
+        study_id = int(found["id"])
         try:
-            name = await run_in_threadpool(self.storage.get_study_name_from_id, int(found["id"]))
+            name = await run_in_threadpool(self.storage.get_study_name_from_id, study_id)
         except KeyError:
-            return None  # optuna-dashboard answers for a study that is not there
+            return 404, {"reason": f"no study with id {study_id}"}
         job = JOB_STUDY.fullmatch(name)
         if job is None:
             return None
-        return (
+        return 409, {"reason": (
             f"study {name} belongs to job {job['job']}; delete the job (DELETE "
             f"/v1/jobs/{job['job']}) to remove both, or export its best trial first"
-        )
+        )}
 
     def close(self) -> None:
         """Stop the renderer's child process (the app's shutdown)."""
@@ -131,6 +147,40 @@ def _with_accept_encoding(scope: Scope) -> Scope:
     if any(name == b"accept-encoding" for name, _ in scope["headers"]):
         return scope
     return {**scope, "headers": [*scope["headers"], (b"accept-encoding", b"identity")]}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body (the body limit in front of the app bounds it)."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands the app the body already read."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _is_json_object(headers: Headers, body: bytes) -> bool:
+    """What optuna-dashboard's ``request.json.get`` needs: the JSON type, then an object."""
+    if headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
+        return False
+    try:
+        return isinstance(json.loads(body), dict)
+    except (ValueError, RecursionError):  # not JSON or not UTF-8; nested past Python's stack
+        return False
 
 
 async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:

@@ -6,7 +6,8 @@ optuna-dashboard included, since that has write endpoints and no auth of its own
 - ``/healthz``, ``/readyz``, ``/docs`` and ``/openapi.json`` are open.
 - While no API key has ever been created and the server listens on loopback (or runs
   ``--insecure``), every caller is the owner ``local`` with every scope: the Quickstart
-  needs no key. Once a key exists, every other request needs one.
+  needs no key. Once a key exists, every other request needs one. Keyless requests
+  must name a loopback Host, so a page whose DNS rebinds to this machine is refused.
 - A key goes as ``Authorization: Bearer <key>``, ``X-API-Key: <key>`` or, for a browser
   on the dashboard, HTTP Basic with the key as password (any user name).
 - ``/v1/...`` routes and ``/metrics`` check scopes themselves (``api.deps``); every
@@ -30,9 +31,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.cache import ReadCache
 from tuner.keys import LOCAL, KeyStore, Principal
@@ -149,6 +151,14 @@ class Guard:
                 send, 401, detail, {"www-authenticate": BEARER_REALM if api else BASIC_REALM}
             )
             return
+        if principal is LOCAL and not self.settings.insecure and _rebound(scope):
+            await refuse(
+                send, 403,
+                "without API keys this server answers only to the Host 127.0.0.1, localhost "
+                "or [::1] (another name may be a page rebinding its DNS to this machine); "
+                "use http://127.0.0.1, or create a key with `tuner keys create`",
+            )
+            return
         if _cross_site(scope):
             await refuse(
                 send, 403,
@@ -186,6 +196,50 @@ class Guard:
         except ValueError:
             bound = self.settings.host  # a name (an in-process test client): go by settings
         return is_loopback(self.settings.host) and is_loopback(bound)
+
+
+def _rebound(scope: Scope) -> bool:
+    """A request over a socket whose Host is not a loopback name: DNS rebinding, a page
+    of another site whose name now points here, which its browser then treats as that
+    site's own (keyless, it could take every scope). In-process clients have no socket."""
+    server = scope.get("server")
+    if not server:
+        return False
+    try:
+        ipaddress.ip_address(str(server[0]).strip("[]"))
+    except ValueError:
+        return False  # an in-process test client: no network at all
+    host = Headers(scope=scope).get("host")
+    if host is None:
+        return False  # no browser leaves it out
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return True
+    return name is None or not is_loopback(name)
+
+
+class SecurityHeaders:
+    """Headers every answer carries: no MIME sniffing (an uploaded csv is never run as a
+    script), and no framing (another page could frame a logged-in dashboard and trick
+    clicks on it; optuna-dashboard's CSP leaves frame-ancestors out)."""
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

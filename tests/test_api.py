@@ -560,7 +560,19 @@ def test_dashboard_is_served_at_the_root_and_lists_job_studies(
         assert refused.status_code == 409, refused.text
         assert f"belongs to job {done['id']}; delete the job" in refused.json()["reason"]
     assert done["study_name"] in optuna.get_all_study_names(shared.app.state.storage)  # type: ignore[attr-defined]
-    other = optuna.create_study(storage=shared.app.state.storage)  # type: ignore[attr-defined]
+    arabic_digits = "".join(chr(0x660 + int(d)) for d in str(study_id))  # int() reads them
+    assert shared.delete(f"/api/studies/{arabic_digits}").status_code == 409
+    missing = shared.delete("/api/studies/999999")
+    assert missing.status_code == 404 and "no study with id 999999" in missing.json()["reason"]
+    as_json = {"content-type": "application/json"}
+    for body in (b"garbage", b"[1]", b"[" * 100_000):
+        bad = shared.post("/api/studies", content=body, headers=as_json)
+        assert bad.status_code == 400 and "send a JSON object" in bad.json()["reason"]
+    form = shared.post("/api/studies", data={"study_name": "x"})  # not JSON
+    assert form.status_code == 400
+    made = shared.post("/api/studies", json={"study_name": "by-hand", "directions": ["minimize"]})
+    assert made.status_code == 201, made.text
+    other = optuna.load_study(study_name="by-hand", storage=shared.app.state.storage)  # type: ignore[attr-defined]
     assert shared.delete(f"/api/studies/{other._study_id}").status_code < 300  # not a job's
     bare = shared.build_request("GET", "/static/bundle.js")
     del bare.headers["accept-encoding"]  # a client that sends none

@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from fastapi.testclient import TestClient
 from secure_app import Service, make_service
 from specs import tiny_spec
 from sqlalchemy import MetaData
@@ -37,6 +38,32 @@ def test_without_keys_loopback_is_the_local_owner_with_every_scope(service: Serv
     assert created.json()["owner"] == "local"
     assert client.get("/v1/jobs").json()["items"][0]["owner"] == "local"
     assert client.get("/api/studies").status_code == 200  # the dashboard, no login
+
+
+def test_keyless_requests_must_name_a_loopback_host(service: Service) -> None:
+    """DNS rebinding: another site's page, its name now resolving to 127.0.0.1, would be
+    same-origin with itself and get every scope of the keyless owner."""
+    client = TestClient(service.app, base_url="http://127.0.0.1:8000")
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+        assert client.get("/v1/jobs", headers={"host": host}).status_code == 200, host
+    rebound = {"host": "attacker.example:8000", "origin": "http://attacker.example:8000"}
+    for method, path in [("POST", "/v1/keys"), ("GET", "/v1/jobs"), ("GET", "/api/studies")]:
+        refused = client.request(method, path, headers=rebound, json={"owner": "m"})
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert "only to the Host 127.0.0.1" in refused.json()["detail"]
+    assert service.keys.list() == []
+    key = service.key("alice")  # with keys, the key decides, whatever the name
+    named = client.get("/v1/jobs", headers={"host": "tuner.internal", "x-api-key": key})
+    assert named.status_code == 200
+
+
+def test_every_answer_forbids_sniffing_and_framing(service: Service) -> None:
+    client = service.client()
+    service.key("alice")  # so the dashboard answers 401: refusals carry them too
+    for path in ("/healthz", "/v1/jobs", "/dashboard", "/api/studies"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
 
 
 def test_once_a_key_exists_every_request_needs_one(service: Service) -> None:

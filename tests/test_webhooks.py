@@ -160,12 +160,14 @@ def test_private_addresses_are_refused_unless_allowed(tmp_path: Path) -> None:
     settings = hook_settings(tmp_path, webhook_allow_private=False)
     for url in (
         "http://127.0.0.1:8000/", "http://10.1.2.3/", "http://169.254.169.254/latest/meta-data",
-        "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://100.64.0.1/", "http://0.0.0.0/",
+        "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[64:ff9b::7f00:1]/",
+        "http://[2002:7f00:1::1]/", "http://[::127.0.0.1]/", "http://100.64.0.1/", "http://0.0.0.0/",
         "http://224.0.0.1/",
     ):
         with pytest.raises(UnsafeDestination, match="not a public address"):
             resolve(url, settings)
     assert str(resolve("https://8.8.8.8/hook", settings)) == "8.8.8.8"
+    assert str(resolve("https://[64:ff9b::808:808]/hook", settings)) == "64:ff9b::808:808"
     allowed = settings.model_copy(update={"webhook_allow_private": True})
     assert str(resolve("http://127.0.0.1:8000/", allowed)) == "127.0.0.1"
 

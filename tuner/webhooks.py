@@ -110,10 +110,24 @@ def resolve(url: str, settings: Settings) -> IPAddress:
 
 def _public(address: IPAddress) -> bool:
     """Globally routable unicast: not loopback, private, link-local (cloud metadata),
-    shared, reserved or multicast; IPv4-mapped IPv6 is judged as the IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    shared, reserved or multicast; an IPv6 address that carries an IPv4 one (mapped,
+    6to4, NAT64, IPv4-compatible) is judged as the IPv4 address it reaches."""
+    if isinstance(address, ipaddress.IPv6Address) and (inner := _carried_ipv4(address)):
+        address = inner
     return address.is_global and not address.is_multicast
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that a gateway would deliver this IPv6 address to, if any."""
+    if carried := address.ipv4_mapped or address.sixtofour:
+        return carried
+    if address in _IPV4_COMPATIBLE or any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 # --- signatures ---------------------------------------------------------------------------
