@@ -255,6 +255,19 @@ def test_cancel_then_resume_continues_to_the_budget(
     assert states == ["queued", "running", "cancelled", "queued", "running", "succeeded"]
 
 
+def test_resuming_a_job_whose_trials_all_counted_after_the_cancel_ends_it(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
+    claim = store.claim("w1")
+    assert claim is not None
+    store.cancel(job.id)
+    assert complete(store, claim.slot_id, job.id, 0.5)  # its last epoch ended after all
+    job = store.resume(job.id)
+    assert (job.state, job.finished) == ("succeeded", 1)
+    assert "1 of 1 trials finished" in (job.reason or "")
+
+
 def test_update_budget_and_timeout(store: JobStore, make_spec: SpecFactory) -> None:
     job, _ = store.create(make_spec(budget={"n_trials": 3, "max_epochs": 3}, parallelism=2))
     claims = [store.claim("w1"), store.claim("w1")]

@@ -356,10 +356,13 @@ class JobStore:
         return job
 
     def resume(self, job_id: str, *, owner: str | None = None) -> Job:
-        """Queue a failed or cancelled job again; it continues to the same budget."""
+        """Queue a failed or cancelled job again; it continues to the same budget, or
+        succeeds at once when its last trials counted after the cancel (it would wait in
+        the queue forever: no claim fits a spent budget)."""
         with self._tx() as s:
             job = self._lock(s, job_id, owner)
             _transition(s, job, "resume", f"resumed after {job.finished} of {job.n_trials} trials")
+            _maybe_end(s, job)
         return job
 
     def fail(self, job_id: str, reason: str) -> None:
