@@ -405,6 +405,10 @@ def test_report_is_a_page_with_plots_and_a_png_history(
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "Diagnosis" in page.text and "Plotly.newPlot" in page.text
+    assert page.headers["content-encoding"] == "gzip"  # httpx asks for it, and unpacks it
+    assert int(page.headers["content-length"]) < len(page.content) / 2
+    plain = shared.get(f"/v1/jobs/{done['id']}/report", headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == page.text
     png = shared.get(f"/v1/jobs/{done['id']}/report.png")
     assert png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG")

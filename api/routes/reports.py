@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+
 import optuna
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from optuna.storages import BaseStorage
 from starlette.concurrency import run_in_threadpool
@@ -24,14 +26,20 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["reports"], dependencies=[R
     responses={200: {"content": {"text/html": {}}, "description": "The report."}, **NOT_FOUND},
     summary="A self-contained HTML report of the job",
 )
-async def report(job: JobDep, storage: StorageDep) -> HTMLResponse:
+async def report(job: JobDep, storage: StorageDep, request: Request) -> Response:
     """Optimization history, importances, parallel coordinates, slices, learning curves,
     the Pareto front (several metrics), the top trials, and a diagnosis of their curves.
-    Works offline: plotly.js is inlined."""
+    Works offline: plotly.js is inlined, so the page is ~5 MB, ~1.5 MB gzipped for a
+    client that accepts it (browsers, httpx, ``curl --compressed``)."""
     page = await run_in_threadpool(build_report, _study(job, storage))
-    return HTMLResponse(
-        page, headers={"Content-Disposition": f'inline; filename="{job.name}-report.html"'}
-    )
+    headers = {
+        "Content-Disposition": f'inline; filename="{job.name}-report.html"',
+        "Vary": "Accept-Encoding",
+    }
+    if "gzip" not in request.headers.get("accept-encoding", ""):
+        return HTMLResponse(page, headers=headers)
+    body = await run_in_threadpool(gzip.compress, page.encode(), 6)
+    return HTMLResponse(body, headers={**headers, "Content-Encoding": "gzip"})
 
 
 @router.get(
