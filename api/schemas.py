@@ -112,7 +112,8 @@ class TrialCounts(Out):
     They differ by the trials that were interrupted (a cancel, the timeout, a lost
     worker): Optuna keeps them as ``fail`` (their ``reason`` says so), but they give
     their slot back and their configuration runs again, so they do not count toward
-    ``n_trials``; a retry queued when a job fails stays ``waiting`` for its resume.
+    ``n_trials``; a retry queued as a job ended stays ``waiting`` until the job runs on
+    (resume, or a PATCH that gives a succeeded job more), and then runs first.
     """
 
     started: int = Field(

@@ -297,22 +297,37 @@ def test_timeout_stops_claims_and_ends_the_job(store: JobStore, make_spec: SpecF
     assert job.state == "succeeded" and "timeout of 0.01 s reached after 1 of 5" in job.reason
 
 
-def test_a_trial_stopped_by_the_timeout_is_not_queued_again(
+def test_a_trial_stopped_as_its_job_ends_runs_first_when_the_job_runs_on(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
-    """The job will succeed once nothing runs: a retry queued then would wait forever."""
+    """Cancel, timeout: the stopped configuration waits, and a resume (or more budget for a
+    succeeded job) runs it before anything new."""
     job, _ = store.create(make_spec(budget={"n_trials": 5, "max_epochs": 3, "timeout_s": 0.3}))
     first, second = store.claim("w1"), store.claim("w2")
     assert first is not None and second is not None
     assert complete(store, first.slot_id, job.id, 0.5)
-    stopped = run_trial(store, second.slot_id, job.id)
+    stopped = run_trial(store, second.slot_id, job.id, lr=0.02)
     time.sleep(0.4)
     store.storage.set_trial_state_values(stopped._trial_id, TrialState.FAIL)
     assert store.release(second.slot_id, "job timeout reached")
     assert store.get(job.id).state == "succeeded"
-    assert study_of(store, job.id).get_trials(states=(TrialState.WAITING,)) == []
-    trial_events = [e.data for e in store.events(job.id) if e.kind == "trial"]
-    assert trial_events[-1]["reason"] == "job timeout reached" and not trial_events[-1]["retried"]
+    assert store.update(job.id, timeout_s=60).state == "queued"
+    retry_claim = store.claim("w1")
+    assert retry_claim is not None
+    retry = study_of(store, job.id).ask()
+    assert retry.user_attrs == {"retry_of": stopped.number, "attempt": 1}
+    assert retry.suggest_float("lr", 0.01, 0.1, log=True) == pytest.approx(0.02)
+
+    cancelled, _ = store.create(make_spec(name="c", budget={"n_trials": 2, "max_epochs": 3}))
+    claim = store.claim("w1")
+    assert claim is not None and claim.job_id == cancelled.id
+    trial = run_trial(store, claim.slot_id, cancelled.id, lr=0.03)
+    store.cancel(cancelled.id)
+    store.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert store.release(claim.slot_id, "job cancelled")
+    store.resume(cancelled.id)
+    waiting = study_of(store, cancelled.id).get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs for t in waiting] == [{"retry_of": trial.number, "attempt": 1}]
 
 
 def test_delete_removes_job_and_study(store: JobStore, make_spec: SpecFactory) -> None:

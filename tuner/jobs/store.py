@@ -18,8 +18,9 @@ the trials that count, so the budget is exact with any number of workers.
   parameters are enqueued for a retry (user attrs ``retry_of``, ``attempt``); after
   that it counts.
 - Interrupted (worker shutdown, job cancelled, job timeout): the trial is FAIL with
-  ``fail_reason``, the slot is released and does not count; while the job is still
-  active its parameters are enqueued, so the budget and the configuration survive.
+  ``fail_reason``, the slot is released and does not count, and its parameters are
+  enqueued, so the budget and the configuration survive: the retry runs first when the
+  job runs on (at once, or after a resume or a PATCH that gives it more).
 
 A job succeeds when ``finished == n_trials`` and nothing runs, or when its timeout
 passes (counted from when the run started); cancel ends it at once and running trials
@@ -650,7 +651,7 @@ class JobStore:
 
     def release(self, slot_id: int, reason: str) -> bool:
         """End a slot without counting it (shutdown, cancel, timeout) and re-enqueue its
-        parameters while the job is active; False when the slot was fenced."""
+        parameters for when the job runs on; False when the slot was fenced."""
         with self._tx() as s:
             slot = self._fence(s, slot_id, SlotState.running, SlotState.releasing, reason)
         if slot is None:
@@ -766,21 +767,13 @@ class JobStore:
             pass  # finished meanwhile (or its study was deleted): nothing left to fail
 
     def _retry_study(self, job_id: str) -> str | None:
-        """The study where a retry of the job's trial would still run, else None.
+        """The study where a retry of the job's trial waits, else None (job deleted).
 
-        None for an ended job, and for one whose time is up with trials counted: it will
-        succeed once nothing runs, and a retry queued now would wait forever.
+        Ended jobs too: a cancelled or failed job continues on resume, a succeeded one
+        when PATCH gives it more, and the stopped configurations run first then.
         """
         with self._tx() as s:
-            row = s.execute(
-                select(Job.state, Job.study_name, Job.deadline_at, Job.finished)
-                .where(Job.id == job_id)
-            ).first()
-        if row is None or row.state not in ACTIVE_STATES:
-            return None
-        if row.finished and row.deadline_at is not None and row.deadline_at <= utcnow():
-            return None
-        return row.study_name
+            return s.scalar(select(Job.study_name).where(Job.id == job_id))
 
     def reap(self, grace_period_s: float, max_retries: int) -> int:
         """Fail the trials of slots silent for ``grace_period_s`` and retry their params.
