@@ -77,6 +77,7 @@ def test_run_export_train_reproduces_the_trial_metric(
     _, retrained, trial = row(out, "val_accuracy")
     assert float(retrained) == pytest.approx(exported.provenance.metrics["val_accuracy"], rel=1e-5)
     assert retrained == trial
+    assert f"reproduced trial {exported.provenance.trial_number} exactly" in out
     with safe_open(str(model), framework="pt") as f:
         assert f.keys() and "hp" in f.metadata()
 

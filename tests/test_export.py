@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from safetensors import safe_open
@@ -73,6 +74,24 @@ def test_retrain_reproduces_the_trial_metric_exactly(study_url: str, tmp_path: P
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == set(result.model.state_dict())
         assert '"lr"' in f.metadata()["hp"]
+
+
+def test_retrain_runs_on_the_trials_torch_threads(study_url: str) -> None:
+    """A server worker trains on its share of the cores; sums split over another number of
+    threads round differently in the last bits, so the retrain takes the trial's count."""
+    spec = export.export_best(study_url, "tiny")
+    best = optuna.load_study(study_name="tiny", storage=study_url).best_trial
+    assert spec.provenance is not None
+    threads = spec.provenance.torch_threads
+    assert threads is not None and threads == best.user_attrs["torch_threads"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        result = export.retrain(spec, device="cpu")
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert result.metrics["val_accuracy"] == best.values[0]
 
 
 def test_retrain_refuses_a_spec_that_still_searches(make_spec: Spec) -> None:

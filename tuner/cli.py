@@ -423,9 +423,27 @@ def train(
                 row.append(_fmt(reached.get(name, "-")))
             table.add_row(*row)
         console.print(table)
+        if reached:
+            console.print(_reproduction(result.metrics, reached, spec.provenance.trial_number))  # type: ignore[union-attr]
         if output is not None:
             save_model(result, output, hp)
             console.print(f"wrote {output}")
+
+
+def _reproduction(retrained: dict[str, float], reached: dict[str, float], number: int) -> str:
+    """Whether the retrain matched its trial to the last bit (the table rounds); the
+    clock's metric aside."""
+    gaps = [
+        abs(retrained[name] - value) / max(abs(value), 1e-12)
+        for name, value in reached.items()
+        if name in retrained and name != "train_seconds"
+    ]
+    if all(gap == 0 for gap in gaps):
+        return f"[green]reproduced trial {number} exactly[/green]"
+    return (
+        f"[yellow]differs from trial {number} by up to {max(gaps):.1e} (relative)[/yellow]: "
+        "another device, torch build or data gives other rounding"
+    )
 
 
 # --- the service -------------------------------------------------------------------

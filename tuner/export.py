@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
@@ -97,6 +98,7 @@ def export_best(
             "values": list(trial.values),
             "metrics": metrics,
             "dataset_fingerprint": trial.user_attrs.get("dataset_fingerprint"),
+            "torch_threads": trial.user_attrs.get("torch_threads"),
             "versions": versions(),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -122,8 +124,13 @@ def fixed_hp(spec: StudySpec, task: str | None = None) -> dict[str, Any]:
 def retrain(
     spec: StudySpec, *, data_root: str | Path | None = None, device: str = "auto"
 ) -> TrainResult:
-    """Train the spec's one configuration with its seed, as the trial did."""
+    """Train the spec's one configuration with its seed, as the trial did: on the CPU
+    with the trial's torch threads too, since sums split across another number of
+    threads round differently (a server worker runs with a share of the cores)."""
     target = pick_device(device)
+    threads = spec.provenance.torch_threads if spec.provenance else None
+    if threads and target.type == "cpu":
+        torch.set_num_threads(threads)
     data = load_data(spec, data_root, target)
     return fit(spec, fixed_hp(spec, data.task), data, target)
 

@@ -368,15 +368,18 @@ def evaluate(
 ) -> float | list[float]:
     """The Optuna objective: suggest, train with per-epoch pruning, return the metrics.
 
-    Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task`` and
-    ``dataset_fingerprint`` as trial user attributes (``fail_reason`` for
+    Stores ``hp``, ``metrics``, ``curves``, ``epochs_run``, ``task``,
+    ``dataset_fingerprint`` and ``torch_threads`` as trial user attributes (``fail_reason`` for
     ``TRIAL_FAILURES``: a divergence, a model over ``max_params``).
     ``on_result(trial, result, hp, values)`` sees a finished training with finite values
     while the trial still runs (workers keep the weights with it).
     """
     data = load_data(spec, data_root, device)
     hp = suggest(trial, resolve_space(spec, get_objective(spec.objective), data.task))
-    write(trial, user_attrs={"hp": hp, "task": data.task, "dataset_fingerprint": data.fingerprint})
+    write(trial, user_attrs={
+        "hp": hp, "task": data.task, "dataset_fingerprint": data.fingerprint,
+        "torch_threads": torch.get_num_threads(),  # CPU sums differ in the last bits by it
+    })
     metrics = resolved_metrics(spec, data.task)
     monitor = _monitor(metrics[0])
     prunable = len(metrics) == 1 and monitor is not None
