@@ -113,6 +113,10 @@ CASES: list[tuple[str, bytes, int, str]] = [
      "search_space.batch_size: a whole number too large"),
     ("a 401-digit choice", _space(width={"choices": [8, 10**400]}), 422,
      "search_space.width.choices.1: a whole number too large"),
+    ("an integer range with a fractional step",
+     _space(batch_size={"low": 16, "high": 64, "step": 0.5}), 422,
+     "search_space.batch_size: batch_size is a whole number: low, high and step must be"),
+    ("a zero batch size", _space(batch_size=0), 422, "must be positive, got 0"),
     ("bad Idempotency-Key", _spec(), 422, "Idempotency-Key"),
 ]
 

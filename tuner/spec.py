@@ -586,8 +586,9 @@ def _check_scalar(path: str, value: Any, kind: type) -> None:
     if isinstance(value, Range):
         if kind is bool or kind is str:
             raise ValueError(f"{path} is a {kind.__name__}: give choices, not a range")
-        if kind is int and not all(float(v).is_integer() for v in (value.low, value.high)):
-            raise ValueError(f"{path} is a whole number: low and high must be integers")
+        ends = (value.low, value.high, *(() if value.step is None else (value.step,)))
+        if kind is int and not all(float(v).is_integer() for v in ends):
+            raise ValueError(f"{path} is a whole number: low, high and step must be integers")
         values = [value.low, value.high]
     elif isinstance(value, Choice):
         values = list(value.choices)
@@ -608,11 +609,11 @@ def _check_domain(path: str, leaf: str, v: float) -> None:
     if not math.isfinite(v):
         raise ValueError(f"{path} must be finite, got {v}")
     if leaf in UNIT_INTERVAL and not 0 <= v < 1:
-        raise ValueError(f"{path} must be in [0, 1), got {v}")
+        raise ValueError(f"{path} must be in [0, 1), got {v:g}")
     if leaf in NON_NEGATIVE and v < 0:
-        raise ValueError(f"{path} must not be negative, got {v}")
+        raise ValueError(f"{path} must not be negative, got {v:g}")
     if leaf in POSITIVE and v <= 0:
-        raise ValueError(f"{path} must be positive, got {v}")
+        raise ValueError(f"{path} must be positive, got {v:g}")
     if leaf in AT_MOST and v > AT_MOST[leaf]:
         raise ValueError(f"{path} must be at most {AT_MOST[leaf]:,}, got {v:g}")
 
