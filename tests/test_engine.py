@@ -301,7 +301,11 @@ def test_a_study_resumes_with_a_bigger_budget_but_not_with_another_recipe(
                   sampler={"name": "random"}),
         storage,
     )
+    for same in ({"metrics": [{"name": "val_accuracy", "direction": "maximize"}]},
+                 {"metrics": [{"name": "val_accuracy"}]}):  # as scored: no change
+        engine.create_study(make_spec(name="s", **same), storage)
     for change, named in [
+        ({"metrics": [{"name": "val_loss"}]}, "metrics"),
         ({"budget": {"n_trials": 50, "max_epochs": 4}}, "budget.max_epochs"),
         ({"search_space": {"width": 64}}, "search_space"),
         ({"seed": 7, "dataset": {"name": "wine"}}, "dataset, seed"),

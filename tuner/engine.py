@@ -179,8 +179,13 @@ def _trial_defining(spec: StudySpec) -> dict[str, Any]:
     """The parts of a spec that decide what a trial trains and what it scores (``export``
     takes them from the study's spec): not the budget's size, the sampler or the pruner."""
     data = spec.model_dump(mode="json", exclude_none=True)
-    parts = {key: data.get(key) for key in ("objective", "dataset", "metrics", "seed")}
+    parts = {key: data.get(key) for key in ("objective", "dataset", "seed")}
+    try:  # as they are scored: a direction written out, or the task's default metric
+        metrics: Any = [(m.name, m.direction) for m in resolved_metrics(spec, spec.task)]
+    except SpecError:
+        metrics = data.get("metrics")  # a file's task is known once it is read
     return parts | {
+        "metrics": metrics,
         "search_space": data.get("search_space"),
         "budget.max_epochs": data["budget"]["max_epochs"],
     }
