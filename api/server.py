@@ -22,6 +22,7 @@ from tuner.jobs.db import make_engine, migrate
 from tuner.keys import KeyStore
 from tuner.logs import configure_logging
 from tuner.settings import Settings, get_settings
+from tuner.storage import shown
 from tuner.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def check_bind(settings: Settings) -> None:
         raise UnsafeBind(
             f"refusing to listen on {settings.host}: no API key exists, so anyone who can "
             "reach this address could run jobs and read every study. Create a key first "
-            "(tuner keys create --owner <name> --scopes admin), or listen on 127.0.0.1, "
+            f"(tuner keys create --owner <name> --scopes admin --storage "
+            f"'{shown(settings.database_url)}'), or listen on 127.0.0.1, "
             "or pass --insecure (TUNER_INSECURE=1) if something else guards the port"
         )
 

@@ -169,6 +169,22 @@ def test_mistakes_are_one_red_line_and_exit_code_2(
     assert len(out.strip().splitlines()) == 1
 
 
+def test_serve_and_keys_show_the_database_without_its_password(tmp_path: Path) -> None:
+    code, out = invoke("serve", "--storage", "postgresql://tuner:s3cret@127.0.0.1:1/db")
+    assert code == 2 and "database postgresql://tuner:***@127.0.0.1:1/db" in out, out
+    assert "s3cret" not in out
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    code, out = invoke("keys", "create", "--owner", "ops", "--storage", url)
+    assert code == 0 and f"in {url}" in out, out
+
+
+@pytest.mark.postgres
+def test_a_postgres_url_in_libpq_spelling_works(postgres_url: str) -> None:
+    libpq = "postgres://" + postgres_url.split("://", 1)[1]
+    code, out = invoke("show", "--storage", libpq)
+    assert code == 0, out
+
+
 HEAVY = ("torch", "sklearn", "tuner.engine")
 
 

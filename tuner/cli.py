@@ -474,6 +474,7 @@ def serve(
     """Start the job API, its workers and optuna-dashboard on one port."""
     from api.server import UnsafeBind
     from api.server import serve as serve_api
+    from tuner.storage import shown
 
     settings = _settings(
         host=host, port=port, workers=workers, database_url=database_url,
@@ -481,7 +482,7 @@ def serve(
     )
     console.print(
         f"tuner: API http://{settings.host}:{settings.port}/v1/  docs /docs  dashboard /  "
-        f"workers {settings.workers}  database {settings.database_url}"
+        f"workers {settings.workers}  database {shown(settings.database_url)}"
     )
     try:
         with user_errors():

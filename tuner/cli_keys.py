@@ -70,11 +70,14 @@ def create(
     storage: StorageOpt = None,
 ) -> None:
     """Create a key and print it once: only its salted hash is stored."""
-    with _store(storage) as store:
+    from tuner.storage import shown
+
+    url = storage or get_settings().database_url
+    with _store(url) as store:
         new = store.create(owner, scopes)
     err_console.print(
         f"key {new.info.id} for owner {new.info.owner!r} with scopes "
-        f"{','.join(new.info.scopes)}; store it now, it is not shown again:",
+        f"{','.join(new.info.scopes)} in {shown(url)}; store it now, it is not shown again:",
         highlight=False,
     )
     print(new.secret)

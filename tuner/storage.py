@@ -74,12 +74,23 @@ def parse_url(url: str) -> URL:
     """``url`` parsed, or a UsageError that shows what one looks like (a plain file path
     is the usual mistake)."""
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise UsageError(
             f"{url!r} is not a database URL; use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user@host/db"
         ) from None
+    if parsed.drivername == "postgres":  # libpq's and Heroku's spelling
+        return parsed.set(drivername="postgresql")
+    return parsed
+
+
+def shown(url: str) -> str:
+    """``url`` for banners and logs: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url  # not a URL at all: the error that follows quotes it anyway
 
 
 def engine_kwargs_for(url: str) -> tuple[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine
@@ -43,7 +44,7 @@ from tuner.logs import configure_logging
 from tuner.objective import INTERRUPTED, TRIAL_FAILURES, Cancelled, ResultHook, evaluate
 from tuner.settings import Settings
 from tuner.spec import SpecError, StudySpec, parse_spec
-from tuner.storage import make_storage
+from tuner.storage import make_storage, shown
 from tuner.train import TrainResult
 from tuner.weights import in_top_k, keep_top_k, upload_weights
 
@@ -138,7 +139,10 @@ class Worker:
         self.store.register_worker(self.id, socket.gethostname(), os.getpid())
         beat = threading.Thread(target=self._beat, name=f"beat-{self.id}", daemon=True)
         beat.start()
-        log.info("worker %s started on %s", self.id, self.device)
+        log.info(
+            "worker %s started on %s (%d torch threads), database %s", self.id, self.device,
+            torch.get_num_threads(), shown(self.settings.database_url),
+        )
         idle = 0
         wakeup = Wakeup(self.settings.database_url)
         try:
