@@ -192,7 +192,7 @@ def _claim_and_finish(url: str, worker: str, gate: Any, out: Any) -> None:
     won = []
     gate.wait()
     while (claim := store.claim(worker)) is not None:
-        assert store.finish(claim.slot_id, TrialState.COMPLETE, [0.5])
+        assert complete(store, claim.slot_id, claim.job_id, 0.5)
         won.append(claim.job_id)
     out.put(won)
 
@@ -253,6 +253,17 @@ def test_cancel_then_resume_continues_to_the_budget(
     assert (job.state, job.started, job.finished) == ("succeeded", 2, 2)
     states = [e.data["state"] for e in store.events(job.id) if e.kind == "state"]
     assert states == ["queued", "running", "cancelled", "queued", "running", "succeeded"]
+
+
+def test_a_job_whose_every_trial_failed_fails(store: JobStore, make_spec: SpecFactory) -> None:
+    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
+    claim = store.claim("w1")
+    assert claim is not None
+    trial = run_trial(store, claim.slot_id, job.id)
+    store.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert store.finish(claim.slot_id, TrialState.FAIL, None)
+    job = store.get(job.id)
+    assert job.state == "failed" and f"GET /v1/jobs/{job.id}/trials?state=fail" in job.reason
 
 
 def test_resuming_a_job_whose_trials_all_counted_after_the_cancel_ends_it(
@@ -370,7 +381,8 @@ def test_reaper_fails_a_silent_trial_and_retries_it_once(
     assert store.attach_trial(retry_claim.slot_id, retry._trial_id, retry.number, attempt=2)
     assert store.reap(grace_period_s=0, max_retries=1) == 1
     job = store.get(job.id)
-    assert (job.state, job.started, job.finished) == ("succeeded", 1, 1)
+    assert (job.state, job.started, job.finished) == ("failed", 1, 1)  # its one trial: lost
+    assert "1 of 1 trials finished, none completed" in (job.reason or "")
     waiting = study_of(store, job.id).get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
     assert waiting == []
 

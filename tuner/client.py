@@ -183,6 +183,7 @@ class TrialCounts(_Result):
     complete: int = 0
     pruned: int = 0
     fail: int = 0
+    stopped: int = 0
     running: int = 0
     waiting: int = 0
 
@@ -298,6 +299,14 @@ def _update_call(job_id: str, n_trials: int | None, timeout_s: float | None) -> 
     if not body:
         raise Invalid(None, "give n_trials, timeout_s or both to update a job")
     return _Call("PATCH", _job_path(job_id), _model(Job), json=body)
+
+
+def _model_download(job_id: str, trial: int | None) -> tuple[str, str]:
+    """The best-model URL and the file name to save it under, for the best or ``trial``."""
+    url = f"{_job_path(job_id)}/best-model"
+    if trial is None:
+        return url, f"{job_id}.safetensors"
+    return f"{url}?trial={int(trial)}", f"{job_id}-trial{trial}.safetensors"
 
 
 def _best_config_call(job_id: str, fmt: ConfigFormat, trial: int | None) -> _Call[str]:
@@ -694,11 +703,11 @@ class Client(_Base):
         _save_text(path, text)
         return text
 
-    def download_model(self, job_id: str, path: str | Path) -> Path:
-        """Save the best trial's weights (safetensors) to ``path`` (a file or a directory)."""
-        return self._download(
-            f"{_job_path(job_id)}/best-model", Path(path), f"{job_id}.safetensors"
-        )
+    def download_model(self, job_id: str, path: str | Path, *, trial: int | None = None) -> Path:
+        """Save the best trial's weights (or kept trial ``trial``'s; safetensors) to
+        ``path`` (a file or a directory)."""
+        url, name = _model_download(job_id, trial)
+        return self._download(url, Path(path), name)
 
     def report(self, job_id: str, path: str | Path) -> Path:
         """Save the job's HTML report (plots, top trials, diagnosis) to ``path``."""
@@ -894,10 +903,11 @@ class AsyncClient(_Base):
         _save_text(path, text)
         return text
 
-    async def download_model(self, job_id: str, path: str | Path) -> Path:
-        return await self._download(
-            f"{_job_path(job_id)}/best-model", Path(path), f"{job_id}.safetensors"
-        )
+    async def download_model(
+        self, job_id: str, path: str | Path, *, trial: int | None = None
+    ) -> Path:
+        url, name = _model_download(job_id, trial)
+        return await self._download(url, Path(path), name)
 
     async def report(self, job_id: str, path: str | Path) -> Path:
         return await self._download(

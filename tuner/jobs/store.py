@@ -71,6 +71,7 @@ from tuner.jobs.models import (
     WorkerRow,
     utcnow,
 )
+from tuner.jobs.optuna_tables import studies, trials
 from tuner.jobs.wakeup import notify_work
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
@@ -160,17 +161,37 @@ def _updated(s: Session, statement: Update, entity: type[_Row]) -> _Row | None:
 
 
 def _maybe_end(s: Session, job: Job) -> None:
-    """End an active job whose budget is spent or whose time is up, once nothing runs."""
+    """End an active job whose budget is spent or whose time is up, once nothing runs:
+    succeeded with a result, failed when no trial completed (or was pruned)."""
     if not job.is_active or job.running > 0:
         return
     if job.finished >= job.n_trials:
-        _transition(s, job, "succeed", f"{job.finished} of {job.n_trials} trials finished")
+        reason = f"{job.finished} of {job.n_trials} trials finished"
     elif job.deadline_at is not None and job.deadline_at <= utcnow():
         reason = (
             f"timeout of {job.timeout_s:g} s reached after {job.finished} of "
             f"{job.n_trials} trials"
         )
-        _transition(s, job, "succeed" if job.finished else "fail", reason)
+    else:
+        return
+    if _has_result(s, job):
+        _transition(s, job, "succeed", reason)
+    else:
+        _transition(s, job, "fail", (
+            f"{reason}, none completed; the failed trials' reasons: "
+            f"GET /v1/jobs/{job.id}/trials?state=fail"
+        ))
+
+
+def _has_result(s: Session, job: Job) -> bool:
+    """Whether a trial of the job's study completed or was pruned (a result to build on)."""
+    found = s.scalar(
+        select(trials.c.trial_id)
+        .join(studies, studies.c.study_id == trials.c.study_id)
+        .where(studies.c.study_name == job.study_name, trials.c.state.in_(("COMPLETE", "PRUNED")))
+        .limit(1)
+    )
+    return found is not None
 
 
 # --- what the store hands out --------------------------------------------------------------
