@@ -40,6 +40,7 @@ then ``pip install`` the package where the server and the workers run and restar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -340,7 +341,8 @@ def fit(
     max_params: int | None = None,
 ) -> train.TrainResult:
     """Seed, build and train one configuration: the same steps for a trial and a retrain
-    (``max_params``: refuse a bigger model, before it takes any memory)."""
+    (``max_params``: refuse a bigger model, before it takes any memory). The result
+    names the objective, so saved weights can be rebuilt into the same model."""
     metric = resolved_metrics(spec, data.task)[0]
     monitor = _monitor(metric)
     objective = get_objective(spec.objective)
@@ -348,12 +350,13 @@ def fit(
         _check_size(objective, hp, data, max_params)
     train.seed_everything(spec.seed, device)
     model = objective.build(hp, data)
-    return train.train(
+    result = train.train(
         model, data, hp, seed=spec.seed, device=device,
         monitor=monitor or "val_loss",
         direction=metric.direction if monitor else "minimize",  # type: ignore[arg-type]
         on_epoch=on_epoch,
     )
+    return dataclasses.replace(result, objective=objective.name)
 
 
 def evaluate(

@@ -92,12 +92,51 @@ class Diverged(ArithmeticError):
     """The loss stopped being finite; the message says which setting to change."""
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw inputs become the model's inputs and its outputs become predictions: the
+    training data's shape, train statistics and class names. Saved with the weights, so
+    a saved model predicts on raw data without the dataset it was trained on.
+    """
+
+    task: Task
+    n_features: int
+    image_shape: tuple[int, int, int] | None
+    classes: tuple[str, ...]
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: float
+    y_std: float
+
+    @classmethod
+    def of(cls, data: Dataset) -> Preprocessing:
+        """``data``'s statistics on the CPU; a dataset without them was not standardised."""
+        n = data.n_features
+        return cls(
+            task=data.task,
+            n_features=n,
+            image_shape=data.image_shape,
+            classes=data.classes,
+            x_mean=(data.x_mean if data.x_mean is not None else torch.zeros(n)).cpu(),
+            x_std=(data.x_std if data.x_std is not None else torch.ones(n)).cpu(),
+            y_mean=data.y_mean,
+            y_std=data.y_std,
+        )
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model's output: one logit per class, or one value."""
+        return len(self.classes) if self.task == "classification" else 1
+
+
 @dataclass
 class TrainResult:
     """What one training run produced.
 
     ``best_epoch`` is the epoch whose weights ``model`` holds: the best one by the
     monitored metric when early stopping is on (patience > 0), else the last.
+    ``objective`` names the family that built ``model`` (``objective.fit`` sets it):
+    with ``preprocessing`` and the hp, what rebuilds the model from saved weights.
     """
 
     metrics: dict[str, float]
@@ -105,6 +144,8 @@ class TrainResult:
     stopped_early: bool
     best_epoch: int
     model: nn.Module
+    preprocessing: Preprocessing
+    objective: str | None = None
 
 
 def seed_everything(seed: int, device: str | torch.device = "cpu") -> None:
@@ -302,4 +343,6 @@ def train(
         "train_seconds": seconds,
         "epochs_run": float(epochs_run),
     }
-    return TrainResult(metrics, curves, stopped_early, best_epoch, model)
+    return TrainResult(
+        metrics, curves, stopped_early, best_epoch, model, Preprocessing.of(data)
+    )

@@ -1,8 +1,12 @@
 """Trained weights as safetensors: written by ``tuner train``, kept for a job's top trials.
 
-Safetensors holds tensors only, so loading weights never runs code. Trials upload their
-weights to Optuna's artifact store as they finish; ``keep_top_k`` then drops the weights
-of trials that fell out of the top ``k``, so a long job does not keep every model.
+Safetensors holds tensors only, so loading weights never runs code. Beside the
+``state_dict`` a file's metadata holds what prediction needs (the objective and hp that
+rebuild the model, the input standardisation, the target scale, the class names), so
+``load_model`` turns a file alone into a predictor on raw data (docs/weights.md).
+Trials upload their weights to Optuna's artifact store as they finish; ``keep_top_k``
+then drops the weights of trials that fell out of the top ``k``, so a long job does not
+keep every model.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import contextlib
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
@@ -22,18 +28,41 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.study import StudyDirection
+from safetensors import safe_open
 from safetensors.torch import save_file
 from sqlalchemy import Engine, Select, and_, bindparam, func, or_, select
+from torch import nn
 
+from tuner.data import Dataset
 from tuner.engine import ranked_trials
 from tuner.jobs.optuna_tables import trial_values, trials
-from tuner.train import TrainResult
+from tuner.metrics import predict
+from tuner.objective import get_objective
+from tuner.spec import Task
+from tuner.train import Preprocessing, TrainResult
 
 SUFFIX = ".safetensors"
+PREDICTION_KEYS = (
+    "objective", "task", "n_features", "n_outputs", "classes", "image_shape",
+    "x_mean", "x_std", "y_mean", "y_std",
+)
+"""Metadata keys that ``load_model`` needs beside ``hp``; files from before they were
+written lack them."""
 
 
 def save_model(result: TrainResult, path: str | Path, hp: dict[str, Any]) -> Path:
-    """Write the trained weights as safetensors, the hp and metrics as metadata."""
+    """Write the trained weights as safetensors; the hp, the metrics and what prediction
+    needs (``PREDICTION_KEYS``) as metadata, so ``load_model`` can use the file alone.
+
+    The preprocessing goes in the metadata, not as extra tensors: the file's tensors stay
+    exactly the ``state_dict``, which ``model.load_state_dict`` takes as it is.
+    """
+    if result.objective is None:
+        raise ValueError(
+            "the result does not name the objective that built its model, so the weights "
+            "could not be rebuilt; train with tuner.objective.fit (or set result.objective)"
+        )
+    p = result.preprocessing
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -44,9 +73,131 @@ def save_model(result: TrainResult, path: str | Path, hp: dict[str, Any]) -> Pat
         "hp": json.dumps(hp),
         "metrics": json.dumps({k: v for k, v in result.metrics.items() if math.isfinite(v)}),
         "torch": torch.__version__,
+        "objective": result.objective,
+        "task": p.task,
+        "n_features": json.dumps(p.n_features),
+        "n_outputs": json.dumps(p.n_outputs),
+        "classes": json.dumps(p.classes),
+        "image_shape": json.dumps(p.image_shape),
+        # float32 values as JSON numbers read back exactly.
+        "x_mean": json.dumps(p.x_mean.tolist()),
+        "x_std": json.dumps(p.x_std.tolist()),
+        "y_mean": json.dumps(p.y_mean),
+        "y_std": json.dumps(p.y_std),
     }
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A saved model ready for raw data: inputs are standardised as in training, outputs
+    mapped back to class labels or to the target's units.
+
+    ``model`` is in eval mode on the CPU; ``hp`` and ``metrics`` are the file's record of
+    how it was trained and what it reached.
+    """
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    objective: str
+    hp: dict[str, Any]
+    metrics: dict[str, float]
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The class labels, in the order of ``predict_proba``'s columns: numbers when the
+        data's labels were (``tuner.data`` keeps them as text), else strings."""
+        names = self.preprocessing.classes
+        for kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return np.array([kind(name) for name in names])
+        return np.array(names)
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class labels (classification) or values in the target's units (regression)
+        for raw rows ``x``: ``[n, n_features]``, or ``[n, *image_shape]`` images."""
+        p = self.preprocessing
+        outputs = self._outputs(x)
+        if p.task == "classification":
+            return self.classes[outputs.argmax(dim=1).numpy()]
+        return (outputs[:, 0].double() * p.y_std + p.y_mean).numpy()
+
+    def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class probabilities ``[n, n_classes]``, columns in the order of ``classes``."""
+        if self.preprocessing.task != "classification":
+            raise ValueError("predict_proba needs a classifier; this model is a regression: "
+                             "use predict")
+        return torch.softmax(self._outputs(x).double(), dim=1).numpy()
+
+    def _outputs(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The model's outputs for raw ``x``, standardised in float64 as ``tuner.data``
+        did before its float32 cast."""
+        p = self.preprocessing
+        raw = (
+            x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor)
+            else torch.from_numpy(np.asarray(x, dtype=np.float64))
+        )
+        shapes = [(p.n_features,)]
+        if p.image_shape is not None:
+            shapes.append(p.image_shape)
+            if p.image_shape[0] == 1:
+                shapes.append(p.image_shape[1:])
+        if raw.ndim < 2 or tuple(raw.shape[1:]) not in shapes:
+            accepted = " or ".join(str(["n", *shape]) for shape in shapes).replace("'", "")
+            raise ValueError(
+                f"x has shape {tuple(raw.shape)}; this model takes {accepted} "
+                f"({p.n_features} features a row; one row: x.reshape(1, -1))"
+            )
+        flat = raw.reshape(len(raw), -1)
+        return predict(self.model, ((flat - p.x_mean.double()) / p.x_std.double()).float())
+
+
+def load_model(path: str | Path) -> Predictor:
+    """The model saved at ``path`` by ``save_model``, rebuilt by its objective (which must
+    be installed here) and ready to predict on raw data.
+
+    The file is read as tensors and JSON (safetensors): loading it runs no code.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        missing = [key for key in ("hp", *PREDICTION_KEYS) if key not in meta]
+        if missing:
+            raise ValueError(
+                f"{path} lacks what prediction needs ({', '.join(missing)}): it was written "
+                "by an older tuner or another tool; write it again with this version "
+                f"(tuner export STUDY -o best.yaml; tuner train best.yaml -o {Path(path).name})"
+            )
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict
+    shape = json.loads(meta["image_shape"])
+    p = Preprocessing(
+        task=cast(Task, meta["task"]),
+        n_features=json.loads(meta["n_features"]),
+        image_shape=None if shape is None else tuple(shape),
+        classes=tuple(json.loads(meta["classes"])),
+        x_mean=torch.tensor(json.loads(meta["x_mean"]), dtype=torch.float32),
+        x_std=torch.tensor(json.loads(meta["x_std"]), dtype=torch.float32),
+        y_mean=json.loads(meta["y_mean"]),
+        y_std=json.loads(meta["y_std"]),
+    )
+    hp = json.loads(meta["hp"])
+    model = get_objective(meta["objective"]).build(hp, _shell(p))
+    model.load_state_dict(tensors)
+    model.eval()
+    return Predictor(model, p, meta["objective"], hp, json.loads(meta["metrics"]))
+
+
+def _shell(p: Preprocessing) -> Dataset:
+    """A dataset of ``p``'s shape and statistics without rows: what ``Objective.build``
+    reads to size the model, as it read the training data."""
+    x = torch.empty(0, p.n_features)
+    y = torch.empty(0, dtype=torch.int64 if p.task == "classification" else torch.float32)
+    return Dataset(
+        task=p.task, x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y,
+        n_features=p.n_features, n_classes=len(p.classes), image_shape=p.image_shape,
+        fingerprint="", classes=p.classes, x_mean=p.x_mean, x_std=p.x_std,
+        y_mean=p.y_mean, y_std=p.y_std,
+    )
 
 
 @cache
