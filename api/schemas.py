@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuner.spec import Scalar
+
+if TYPE_CHECKING:
+    from tuner.jobs.models import Job
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -107,13 +110,13 @@ class Budget(Out):
 
 
 class TrialCounts(Out):
-    """The job's budget counters, and every trial of its study by Optuna state.
+    """The job's budget counters, and every trial of its study by state.
 
-    They differ by the trials that were interrupted (a cancel, the timeout, a lost
-    worker): Optuna keeps them as ``fail`` (their ``reason`` says so), but they give
-    their slot back and their configuration runs again, so they do not count toward
-    ``n_trials``; a retry queued as a job ended stays ``waiting`` until the job runs on
-    (resume, or a PATCH that gives a succeeded job more), and then runs first.
+    ``fail`` and ``stopped`` are Optuna's FAIL trials: the ones that count (the training
+    failed) and the ones that were interrupted (a cancel, the timeout, a shutdown, a lost
+    worker), which give their slot back and whose configuration runs again, so they do
+    not count toward ``n_trials``; a retry queued as a job ended stays ``waiting`` until
+    the job runs on (resume, or a PATCH that gives a succeeded job more), and runs first.
     """
 
     started: int = Field(
@@ -125,9 +128,24 @@ class TrialCounts(Out):
     )
     complete: int = 0
     pruned: int = 0
-    fail: int = 0
+    fail: int = Field(default=0, description="Failed trials that count (the training failed).")
+    stopped: int = Field(
+        default=0, description="Interrupted trials: they do not count, and run again."
+    )
     running: int = 0
     waiting: int = 0
+
+    @classmethod
+    def of(cls, job: Job, by_state: dict[str, int]) -> TrialCounts:
+        """Counts from the job's counters and its study's trials by lower-case state: the
+        failures that counted are what ``finished`` holds beyond complete and pruned."""
+        counted = job.finished - by_state.get("complete", 0) - by_state.get("pruned", 0)
+        failed = by_state.get("fail", 0)
+        fail = min(failed, max(0, counted))
+        return cls(
+            started=job.started, finished=job.finished,
+            **{**by_state, "fail": fail, "stopped": failed - fail},
+        )
 
 
 class JobLinks(Out):

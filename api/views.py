@@ -101,11 +101,7 @@ def job_detail(job: Job, storage: RDBStorage) -> JobOut:
         links=links(job, study_id),
         metrics=[m["name"] for m in metrics],
         directions=[d.name.lower() for d in directions],
-        trials=TrialCounts(
-            started=job.started,
-            finished=job.finished,
-            **{state.name.lower(): n for state, n in stats.counts.items()},
-        ),
+        trials=TrialCounts.of(job, {state.name.lower(): n for state, n in stats.counts.items()}),
         best=best,
         elapsed_s=elapsed,
         eta_s=_eta(job, stats.mean_finished_s, elapsed),

@@ -18,11 +18,14 @@ import optuna
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from optuna.artifacts import get_all_artifact_meta
 from safetensors import safe_open
 from specs import TINY_SPACE, tiny_spec
 
 from api.app import create_app
+from api.schemas import TrialCounts
 from tuner.jobs.db import migrate
+from tuner.jobs.models import Job
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.worker import run_worker
@@ -371,12 +374,25 @@ def test_best_config_downloads_a_runnable_spec(
     assert missing.status_code == 422 and "has no trial 9" in missing.json()["detail"]
 
 
+def test_trial_counts_tell_failures_that_count_from_stopped_trials() -> None:
+    """Optuna keeps both as FAIL: 1 counted failure (finished beyond complete and pruned),
+    2 interrupted trials that gave their count back."""
+    job = Job(started=3, finished=2)
+    counts = TrialCounts.of(job, {"complete": 1, "fail": 3, "running": 1})
+    assert (counts.complete, counts.fail, counts.stopped, counts.running) == (1, 1, 2, 1)
+    assert counts.complete + counts.pruned + counts.fail == job.finished
+
+
 def test_best_config_and_model_are_409_before_a_trial_completes(client: TestClient) -> None:
     job = client.post("/v1/jobs", json=spec()).json()
     for what in ("best-config", "best-model"):
         response = client.get(f"/v1/jobs/{job['id']}/{what}")
         assert response.status_code == 409
         assert "no completed trial yet" in response.json()["detail"]
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    for what in ("best-config", "best-model"):
+        ended = client.get(f"/v1/jobs/{job['id']}/{what}").json()["detail"]
+        assert "ended without a completed trial" in ended and "trials?state=fail" in ended
     assert client.get(f"/v1/jobs/{job['id']}/best-config?format=xml").status_code == 422
 
 
@@ -396,6 +412,21 @@ def test_best_model_serves_the_weights_the_worker_kept(
         assert weights.keys()
     trial = shared.get(f"/v1/jobs/{done['id']}/trials/{best}").json()
     assert hp["lr"] == trial["params"]["lr"]
+
+    url = f"/v1/jobs/{done['id']}/best-model"
+    trials = shared.get(f"/v1/jobs/{done['id']}/trials").json()["items"]
+    other = next(t for t in trials if t["state"] == "complete" and t["number"] != best)
+    chosen = shared.get(url, params={"trial": other["number"]})
+    assert chosen.status_code == 200, chosen.text
+    path.write_bytes(chosen.content)
+    with safe_open(str(path), framework="pt") as weights:
+        assert json.loads(weights.metadata()["hp"])["lr"] == other["params"]["lr"]
+    assert shared.get(url, params={"trial": 99}).status_code == 422
+    study = optuna.load_study(study_name=done["study_name"], storage=shared.app.state.storage)  # type: ignore[attr-defined]
+    for meta in get_all_artifact_meta(study.trials[other["number"]], storage=study._storage):
+        (shared.app.state.settings.artifact_root / meta.artifact_id).unlink()  # type: ignore[attr-defined]
+    lost = shared.get(url, params={"trial": other["number"]})
+    assert lost.status_code == 409 and "shared TUNER_ARTIFACT_ROOT" in lost.json()["detail"]
 
 
 def test_report_is_a_page_with_plots_and_a_png_history(

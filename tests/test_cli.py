@@ -120,6 +120,20 @@ def test_train_warns_when_the_data_differs_from_the_trials(
     assert "warning: the dataset differs from the one trial 0 trained on" in out
 
 
+def test_a_run_whose_every_trial_failed_says_why(
+    tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
+) -> None:
+    spec_file = write_spec(
+        tmp_path / "spec.yaml", budget={"n_trials": 2, "max_epochs": 2},
+        search_space={"lr": {"choices": [1.0e6]}, "optimizer": "sgd"},
+    )
+    code, out = invoke("run", str(spec_file), "--storage", sqlite_url, "--device", "cpu")
+    assert code == 2 and "no trial completed; the reasons are above" in out, out
+    assert re.search(r"failed trials:\n  2 x .*lower lr", out), out
+    code, out = invoke("show", "cli-tiny", "--storage", sqlite_url)
+    assert code == 0 and re.search(r"failed trials:\n  2 x .*lower lr", out), out
+
+
 def test_export_writes_json_to_stdout(
     tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
 ) -> None:

@@ -6,6 +6,7 @@ long enough to be interrupted mid-trial).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -95,10 +96,10 @@ def trials(store: JobStore, job: Job) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=job.study_name, storage=store.storage).get_trials()
 
 
-def assert_exact_budget(store: JobStore, job_id: str) -> Job:
-    """Succeeded with exactly n_trials counted, and nothing left running or waiting."""
+def assert_exact_budget(store: JobStore, job_id: str, state: str = "succeeded") -> Job:
+    """Ended (succeeded) with exactly n_trials counted, nothing left running or waiting."""
     job = store.get(job_id)
-    assert (job.state, job.started, job.finished) == ("succeeded", job.n_trials, job.n_trials)
+    assert (job.state, job.started, job.finished) == (state, job.n_trials, job.n_trials)
     states = [t.state for t in trials(store, job)]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     counted = [e for e in store.events(job.id, limit=1000) if e.kind == "trial"]
@@ -151,7 +152,7 @@ def test_worker_runs_a_job_to_its_budget(
     assert any(e.kind == "best" for e in store.events(job.id))
 
 
-def test_diverged_trial_fails_and_counts_and_the_job_goes_on(
+def test_diverged_trials_fail_and_count_and_a_job_of_only_failures_fails(
     settings: Settings, store: JobStore, make_spec: SpecFactory
 ) -> None:
     spec = make_spec(
@@ -160,10 +161,11 @@ def test_diverged_trial_fails_and_counts_and_the_job_goes_on(
     )
     job, _ = store.create(spec)
     Worker(settings).run(max_trials=2)
-    job = assert_exact_budget(store, job.id)
+    job = assert_exact_budget(store, job.id, "failed")  # no trial completed
     failed = trials(store, job)
     assert [t.state for t in failed] == [TrialState.FAIL] * 2
     assert "lower lr" in failed[0].user_attrs["fail_reason"]
+    assert "2 of 2 trials finished, none completed" in (job.reason or "")
 
 
 def test_a_broken_dataset_fails_the_job_with_its_reason(
@@ -218,13 +220,17 @@ def test_a_model_over_the_parameter_limit_fails_its_trial_before_it_is_built(
     reason = big.user_attrs["fail_reason"]
     assert reason.startswith("this configuration builds a model of 67,")  # 2x 256x256 + ...
     assert "over the limit of 2,000 (TUNER_MAX_MODEL_PARAMS)" in reason
-    assert store.get(jobs[256].id).state == "succeeded"  # its one trial counted, as failed
+    assert store.get(jobs[256].id).state == "failed"  # its one trial counted, as failed
     assert small.state == TrialState.COMPLETE
 
 
 def test_cancel_stops_the_running_trial_and_resume_finishes(
-    settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec]
+    settings: Settings, store: JobStore, long_spec: Callable[..., StudySpec],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The stopped configuration runs first after the resume; the log says so in a line
+    each (Optuna's warning and traceback for a stop are filtered out)."""
+    caplog.set_level(logging.INFO)
     # 400 epochs (~3 s): the trial outlasts the worker's once-a-second look at the flag.
     job, _ = store.create(long_spec(n_trials=2, epochs=400))
     stop = threading.Event()
@@ -245,6 +251,12 @@ def test_cancel_stops_the_running_trial_and_resume_finishes(
         stop.set()
         worker.join()
     assert_exact_budget(store, job.id)
+    retry = next(t for t in trials(store, job) if t.user_attrs.get("retry_of") == stopped.number)
+    assert retry.params == stopped.params and retry.state == TrialState.COMPLETE
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"job {job.id}: trial stopped (job cancelled)" in messages
+    assert f"job {job.id}: trial {retry.number} complete {retry.values}" in messages
+    assert not any("failed with parameters" in m for m in messages)
 
 
 def test_one_transient_heartbeat_error_does_not_kill_a_healthy_trial(

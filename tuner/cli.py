@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +159,21 @@ def _state_counts(study: optuna.Study) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
 
 
+def _failure_reasons(study: optuna.Study, most: int = 3) -> str | None:
+    """The commonest reasons trials failed, one line each with their count."""
+    reasons = Counter(
+        str(trial.user_attrs.get("fail_reason", "no reason recorded"))
+        for trial in study.get_trials(deepcopy=False)
+        if trial.state.name == "FAIL"
+    )
+    if not reasons:
+        return None
+    lines = [f"  {n} x {reason[:160]}" for reason, n in reasons.most_common(most)]
+    if len(reasons) > most:
+        lines.append(f"  ... and {len(reasons) - most} other reasons")
+    return "failed trials:\n" + "\n".join(lines)
+
+
 def _progress_fields(study: optuna.Study) -> dict[str, Any]:
     """Best value so far, pruned and failed counts: the bar's extra columns."""
     from optuna.trial import TrialState
@@ -291,7 +307,8 @@ def run(
             f"in {time.monotonic() - started:.1f} s (storage {url})"
         )
         if not study.best_trials:
-            raise UsageError("no trial completed; check the failed trials' fail_reason")
+            err_console.print(_failure_reasons(study) or "", highlight=False, markup=False)
+            raise UsageError("no trial completed; the reasons are above")
         console.print(_trials_table(study, limit=5))
         console.print(f"next: tuner export {study.study_name} -o best.yaml --storage {url}")
 
@@ -325,11 +342,15 @@ def show(
             f"sampler {spec.get('sampler', {}).get('name', '?')}"
         )
         console.print(f"trials: {_state_counts(study)}")
+        if reasons := _failure_reasons(study):
+            console.print(reasons, highlight=False, markup=False)
         console.print(_trials_table(study, limit=top))
 
 
 def _list_studies(summaries: list[optuna.study.StudySummary], url: str) -> None:
-    table = Table(title=f"studies in {url}", title_justify="left")
+    from tuner.storage import shown
+
+    table = Table(title=f"studies in {shown(url)}", title_justify="left")
     for column in ("study", "trials", "best", "started"):
         table.add_column(column)
     for s in summaries:

@@ -263,7 +263,8 @@ def status(job_id: JobArg, server: ServerOpt = None, key: KeyOpt = None) -> None
     if job.trials:
         t = job.trials
         counts = (
-            f" ({t.complete} complete, {t.pruned} pruned, {t.fail} failed, {t.running} running)"
+            f" ({t.complete} complete, {t.pruned} pruned, {t.fail} failed, {t.running} running"
+            + (f"; {t.stopped} stopped, not counted" if t.stopped else "") + ")"
         )
     grid.add_row("trials", f"{job.finished} of {job.budget.n_trials} finished{counts}")
     grid.add_row("best", _best(job))

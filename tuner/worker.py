@@ -206,6 +206,7 @@ class Worker:
                 gc_after_trial=False, callbacks=[lambda _, trial: told.append(trial)],
             )
         except Cancelled:
+            log.info("job %s: trial stopped (%s)", claim.job_id, stopper.reason or "interrupted")
             self._settle(claim, release=stopper.reason or "interrupted")
         except JOB_ERRORS as exc:
             self._fail_job(claim, exc)
@@ -213,9 +214,21 @@ class Worker:
             if not self._exists(study):
                 self._study_gone(claim)
                 return
-            log.exception("trial of job %s failed", claim.job_id)
+            if self.fenced.is_set():  # Optuna refused to tell a trial the reaper failed
+                log.warning(
+                    "job %s: this worker was silent past the grace period, so its trial "
+                    "was failed and retried elsewhere; its late result is dropped",
+                    claim.job_id,
+                )
+            else:
+                log.exception("trial of job %s failed", claim.job_id)
             self._settle(claim, release=None if self._trial_id() else "trial did not start")
         else:
+            if told:
+                log.info(
+                    "job %s: trial %d %s %s", claim.job_id, told[0].number,
+                    told[0].state.name.lower(), told[0].values or "",
+                )
             self._settle(claim, release=None, told=told[0] if told else None)
         finally:
             with self._lock:
@@ -376,6 +389,15 @@ class Worker:
             current = self._current
         if current is not None:
             self._call(lambda: self.store.release(current[0], reason), tries=2)
+
+
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """Optuna warns, with a traceback, of every trial its objective ended by raising; a
+    stop (cancel, timeout, shutdown) is no failure, and the worker logs it in a line."""
+    return not (record.exc_info and isinstance(record.exc_info[1], Cancelled))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
 
 
 def run_worker(
