@@ -67,8 +67,10 @@ def test_run_export_train_reproduces_the_trial_metric(
 
     code, out = invoke("train", str(best), "-o", str(tmp_path))  # checked before training
     assert code == 2 and f"{tmp_path}: Is a directory" in out, out
-    code, out = invoke("train", str(best), "-o", str(tmp_path / "model.pt"))
-    assert code == 2 and "name the file model.safetensors" in out, out
+    for name, advice in [("model.pt", "model"), ("model.safetensors.bak", "model"),
+                         (".safetensors", "model")]:
+        code, out = invoke("train", str(best), "-o", str(tmp_path / name))
+        assert code == 2 and f"name the file {advice}.safetensors" in out, out
     assert not (tmp_path / "model.pt").exists()
 
     model = tmp_path / "model.safetensors"

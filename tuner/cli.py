@@ -423,10 +423,11 @@ def train(
         hp = fixed_hp(spec)  # checks every value is fixed before any training
         if output is not None:
             _check_writable(output)
-            if output.suffix != ".safetensors":
+            if output.suffix.lower() != ".safetensors":
+                stem = output.name.split(".")[0] or "model"
                 raise UsageError(
                     f"{output}: the weights are written as safetensors; name the file "
-                    f"{output.with_suffix('.safetensors').name}"
+                    f"{stem}.safetensors"
                 )
         root = data_root or get_settings().data_root
         if warning := data_changed(spec, root):
