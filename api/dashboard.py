@@ -97,7 +97,7 @@ class StudyDetailCache:
                             "reason": "send a JSON object (Content-Type: application/json)"
                         })
                         return
-                    receive = _replay(body)
+                    receive = _replay(body, receive)
                 scope = _with_accept_encoding(scope)
             await self.app(scope, receive, send)
             return
@@ -159,18 +159,19 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
-    """A ``receive`` that hands the app the body already read."""
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then waits on the
+    client's own (a disconnect) as the app would have."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 def _is_json_object(headers: Headers, body: bytes) -> bool:

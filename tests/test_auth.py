@@ -19,6 +19,7 @@ from api.server import UnsafeBind, check_bind
 from tuner.cli_keys import keys_app
 from tuner.jobs.db import VERSION_TABLE, alembic_config, make_engine
 from tuner.keys import ApiKey, KeyStore
+from tuner.remote import cli_message
 from tuner.settings import Settings
 
 
@@ -64,6 +65,14 @@ def test_every_answer_forbids_sniffing_and_framing(service: Service) -> None:
         headers = client.get(path).headers
         assert headers["x-content-type-options"] == "nosniff", path
         assert headers["x-frame-options"] == "DENY", path
+
+
+def test_the_cli_turns_the_servers_key_advice_into_its_own(service: Service) -> None:
+    service.key("alice")
+    detail = service.client().get("/v1/jobs").json()["detail"]
+    assert "Authorization: Bearer" in detail
+    advice = "this server needs an API key: give it with --key or TUNER_API_KEY"
+    assert cli_message(detail) == advice
 
 
 def test_once_a_key_exists_every_request_needs_one(service: Service) -> None:

@@ -44,7 +44,12 @@ STATE_STYLE = {
     "cancelled": "magenta",
 }
 _JOB_ID = re.compile(r"^j_[0-9a-f]{6,32}$")
-_LIST_JOBS_ROUTE = re.compile(r"GET /v1/jobs\b(?!/)")
+CLI_HINTS = (
+    (re.compile(r"GET /v1/jobs\b(?!/)"), "`tuner jobs`"),
+    (re.compile(r"send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"),
+     "give it with --key or TUNER_API_KEY"),
+)
+"""The server's hints name its routes and headers; on the command line, these."""
 
 ServerOpt = Annotated[
     str | None,
@@ -68,6 +73,13 @@ def is_job_id(text: str) -> bool:
     return bool(_JOB_ID.match(text))
 
 
+def cli_message(text: str) -> str:
+    """A server's message with its hints for HTTP callers turned into the CLI's."""
+    for server_hint, cli_hint in CLI_HINTS:
+        text = server_hint.sub(cli_hint, text)
+    return text
+
+
 @contextmanager
 def connect(server: str | None, key: str | None) -> Iterator[Client]:
     """A client for the command's body; a refusal or an unreachable server is one red line
@@ -76,8 +88,7 @@ def connect(server: str | None, key: str | None) -> Iterator[Client]:
         with Client(server, api_key=key) as client:
             yield client
     except (TunerError, SpecError) as exc:
-        # The server's hints name its routes; on the command line the command is the hint.
-        message = _LIST_JOBS_ROUTE.sub("`tuner jobs`", str(exc))
+        message = cli_message(str(exc))
         err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
 
