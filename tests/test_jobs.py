@@ -18,8 +18,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from tuner.jobs.db import make_engine, migrate
-from tuner.jobs.models import JobState, SlotState, TrialSlot
+from tuner.jobs.models import Job, JobState, SlotState, TrialSlot
 from tuner.jobs.store import (
+    Claim,
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
@@ -67,6 +68,14 @@ def complete(store: JobStore, slot_id: int, job_id: str, value: float) -> bool:
     trial = run_trial(store, slot_id, job_id)
     store.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [value])
     return store.finish(slot_id, TrialState.COMPLETE, [value])
+
+
+def claimed(store: JobStore, make_spec: SpecFactory, n_trials: int) -> tuple[Job, Claim]:
+    """A new job of ``n_trials`` short trials, its first slot claimed by worker w1."""
+    job, _ = store.create(make_spec(budget={"n_trials": n_trials, "max_epochs": 3}))
+    claim = store.claim("w1")
+    assert claim is not None and claim.job_id == job.id
+    return job, claim
 
 
 def slot(store: JobStore, slot_id: int) -> TrialSlot:
@@ -233,9 +242,7 @@ def test_four_processes_claim_exactly_the_budget(
 def test_cancel_then_resume_continues_to_the_budget(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
-    job, _ = store.create(make_spec(budget={"n_trials": 2, "max_epochs": 3}))
-    claim = store.claim("w1")
-    assert claim is not None
+    job, claim = claimed(store, make_spec, n_trials=2)
     assert store.cancel(job.id).state == "cancelled"
     assert store.stop_reason(job.id) == "job cancelled"
     assert store.claim("w1") is None
@@ -256,9 +263,7 @@ def test_cancel_then_resume_continues_to_the_budget(
 
 
 def test_a_job_whose_every_trial_failed_fails(store: JobStore, make_spec: SpecFactory) -> None:
-    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
-    claim = store.claim("w1")
-    assert claim is not None
+    job, claim = claimed(store, make_spec, n_trials=1)
     trial = run_trial(store, claim.slot_id, job.id)
     store.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     assert store.finish(claim.slot_id, TrialState.FAIL, None)
@@ -269,9 +274,7 @@ def test_a_job_whose_every_trial_failed_fails(store: JobStore, make_spec: SpecFa
 def test_resuming_a_job_whose_trials_all_counted_after_the_cancel_ends_it(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
-    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
-    claim = store.claim("w1")
-    assert claim is not None
+    job, claim = claimed(store, make_spec, n_trials=1)
     store.cancel(job.id)
     assert complete(store, claim.slot_id, job.id, 0.5)  # its last epoch ended after all
     job = store.resume(job.id)
@@ -390,9 +393,7 @@ def test_reaper_fails_a_silent_trial_and_retries_it_once(
 def test_reaper_counts_a_trial_its_worker_finished_before_dying(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
-    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
-    claim = store.claim("w1")
-    assert claim is not None
+    job, claim = claimed(store, make_spec, n_trials=1)
     trial = run_trial(store, claim.slot_id, job.id)
     store.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.8])
     assert store.reap(grace_period_s=0, max_retries=1) == 1
@@ -404,9 +405,7 @@ def test_reaper_counts_a_trial_its_worker_finished_before_dying(
 def test_release_gives_the_slot_back_and_requeues_params(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
-    job, _ = store.create(make_spec(budget={"n_trials": 1, "max_epochs": 3}))
-    claim = store.claim("w1")
-    assert claim is not None
+    job, claim = claimed(store, make_spec, n_trials=1)
     trial = run_trial(store, claim.slot_id, job.id, lr=0.03)
     store.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     assert store.release(claim.slot_id, "worker shutting down")

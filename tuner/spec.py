@@ -43,7 +43,6 @@ MAX_CHOICES = 256
 """More choices than this is a list, not a search dimension."""
 
 
-
 def _within_float_range(value: int) -> int:
     """Refuse a whole number past float's range: every number here meets float math."""
     try:

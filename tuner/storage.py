@@ -55,7 +55,7 @@ from tuner.settings import get_settings
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS", "TunerStorage", "cause_of", "engine_kwargs_for", "make_storage",
-    "parse_url",
+    "parse_url", "shown",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -142,7 +142,7 @@ def make_storage(
             grace_period=grace_period, heartbeat_stale_trial_callback=failed_trial_callback,
         )
     except (ImportError, optuna.exceptions.StorageInternalError, exc.OperationalError) as e:
-        raise UsageError(f"cannot open storage {make_url(url)!r}: {cause_of(e)}") from None
+        raise UsageError(f"cannot open storage {shown(url)}: {cause_of(e)}") from None
 
 
 def cause_of(error: Exception) -> str:

@@ -16,7 +16,7 @@ import json
 import math
 import tempfile
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -104,7 +104,7 @@ class Predictor:
     hp: dict[str, Any]
     metrics: dict[str, float]
 
-    @property
+    @cached_property
     def classes(self) -> np.ndarray:
         """The class labels, in the order of ``predict_proba``'s columns: numbers when the
         data's labels were (``tuner.data`` keeps them as text), else strings."""

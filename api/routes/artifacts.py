@@ -20,6 +20,7 @@ from tuner.export import export_best, pick_trial
 from tuner.jobs.models import Job
 from tuner.jobs.store import InvalidRequest
 from tuner.spec import dump_spec
+from tuner.weights import SUFFIX
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"], dependencies=[Read])
 
@@ -113,7 +114,7 @@ def best_model(
     metas = [
         m
         for m in get_all_artifact_meta(chosen, storage=storage)
-        if m.filename.endswith(".safetensors")
+        if m.filename.endswith(SUFFIX)
     ]
     if not metas:
         if trial is not None or not job.is_active:

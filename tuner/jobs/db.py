@@ -14,12 +14,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from tuner.errors import UsageError
 from tuner.jobs.models import Base
-from tuner.storage import cause_of, engine_kwargs_for, make_storage, parse_url
+from tuner.storage import cause_of, engine_kwargs_for, make_storage, parse_url, shown
 
 VERSION_TABLE = "tuner_alembic_version"
 """Our Alembic version table; Optuna keeps its own ``alembic_version`` beside it."""
@@ -37,7 +36,7 @@ def make_engine(url: str) -> Engine:
     """
     if parse_url(url).get_backend_name() not in ("sqlite", "postgresql"):
         raise UsageError(
-            f"unsupported database URL {make_url(url)!r}: use sqlite:///path/to/file.db "
+            f"unsupported database URL {shown(url)}: use sqlite:///path/to/file.db "
             "or postgresql+psycopg://user@host/db"
         )
     url, kwargs = engine_kwargs_for(url)
@@ -96,6 +95,6 @@ def migrate(url: str) -> None:
             storage.remove_session()
             storage.engine.dispose()
     except (OSError, OperationalError) as exc:  # no such folder, no server, no access
-        raise UsageError(f"cannot open database {make_url(url)!r}: {cause_of(exc)}") from None
+        raise UsageError(f"cannot open database {shown(url)}: {cause_of(exc)}") from None
     finally:
         engine.dispose()

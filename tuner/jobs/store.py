@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import secrets
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -504,12 +503,6 @@ class JobStore:
         )
         with self._tx() as s:
             return list(s.scalars(query))
-
-    def trial_counts(self, job: Job) -> dict[str, int]:
-        """Trials of the job's study by Optuna state name (COMPLETE, PRUNED, ...)."""
-        study_id = self.storage.get_study_id_from_name(job.study_name)
-        trials = self.storage.get_all_trials(study_id, deepcopy=False)
-        return dict(Counter(t.state.name for t in trials))
 
     def stop_reason(self, job_id: str) -> str | None:
         """Why a trial of this job should stop now (cancelled, deleted, timed out), or None."""
