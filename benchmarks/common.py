@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -29,6 +30,28 @@ T = TypeVar("T")
 Record = tuple[float, float | None, int, str]
 """One trial of a time-to-target arm: seconds from the start to its end, its value
 (None unless complete), epochs it trained, and its state."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """When a time-to-target arm stops: at the budget once it has reached the target,
+    else when it does, and at the cap whatever happened. The arm's worker processes
+    share ``marker``, a file the first trial to reach the target creates, so the check
+    between epochs costs a stat, not a database read."""
+
+    marker: Path
+    target: float
+    budget_at: float
+    cap_at: float
+
+    def record(self, value: float | None) -> None:
+        """Note a completed trial's value (maximised)."""
+        if value is not None and math.isfinite(value) and value >= self.target:
+            self.marker.touch()
+
+    def due(self) -> bool:
+        now = time.time()
+        return now >= self.cap_at or (now >= self.budget_at and self.marker.exists())
 
 
 @dataclass(frozen=True)

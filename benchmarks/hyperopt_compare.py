@@ -27,7 +27,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FixedTrial
 
-from benchmarks.common import Record
+from benchmarks.common import Finish, Record
 from tuner.objective import Cancelled, fit, get_objective, load_data
 from tuner.space import distributions, resolve_space, suggest
 from tuner.spec import parse_spec
@@ -74,8 +74,8 @@ def _typed(value: Any, dist: BaseDistribution) -> Any:
     return value
 
 
-def hyperopt_worker(spec_json: str, seed: int, started: float, deadline: float) -> list[Record]:
-    """Run hyperopt's TPE until the deadline; one record per trial (as time_to_target)."""
+def hyperopt_worker(spec_json: str, seed: int, started: float, finish: Finish) -> list[Record]:
+    """Run hyperopt's TPE until ``finish`` is due; one record per trial (as time_to_target)."""
     from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe
 
     spec = parse_spec(json.loads(spec_json))
@@ -91,7 +91,7 @@ def hyperopt_worker(spec_json: str, seed: int, started: float, deadline: float) 
         def on_epoch(epoch: int, _: dict[str, float]) -> None:
             nonlocal epochs
             epochs = epoch
-            if time.time() >= deadline:
+            if finish.due():
                 raise Cancelled("budget spent")
 
         try:
@@ -101,11 +101,13 @@ def hyperopt_worker(spec_json: str, seed: int, started: float, deadline: float) 
             return {"status": STATUS_FAIL}
         value = float(result.metrics["val_accuracy"])
         records.append((time.time() - started, value, epochs, "COMPLETE"))
+        finish.record(value)
         return {"loss": -value, "status": STATUS_OK}
 
     fmin(
         objective, {name: _hp(name, d) for name, d in dists.items()}, algo=tpe.suggest,
-        max_evals=100_000, timeout=max(1, math.ceil(deadline - time.time())), trials=Trials(),
-        rstate=np.random.default_rng(seed), show_progressbar=False,
+        max_evals=100_000, timeout=max(1, math.ceil(finish.cap_at - time.time())),
+        trials=Trials(), rstate=np.random.default_rng(seed), show_progressbar=False,
+        early_stop_fn=lambda trials, *args: (finish.due(), args),
     )
     return records

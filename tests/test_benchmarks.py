@@ -8,15 +8,16 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import api_load, train_loop
-from benchmarks.common import SMOKE, Goal, Report, figure, interleave, ratios, stats
+from benchmarks.common import SMOKE, Finish, Goal, Report, figure, interleave, ratios, stats
 from benchmarks.report import markdown
-from benchmarks.time_to_target import _per_seed_note, outcome
+from benchmarks.time_to_target import Problem, _per_seed_note, outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,19 +46,40 @@ def test_ratio_statistics_and_goals() -> None:
     assert figure("x", [math.nan], Goal("<", 1.0)).met is None
 
 
-def test_time_to_target_counts_only_trials_within_budget_and_censors_misses() -> None:
+def _problem(target: float, budget_s: float, cap_s: float) -> Problem:
+    return Problem(options={}, max_epochs=5, budget_s=budget_s, target=target, cap_s=cap_s)
+
+
+def test_time_to_target_reads_past_the_budget_up_to_the_cap_and_censors_misses() -> None:
     records = [(1.0, 0.4, 5, "COMPLETE"), (2.0, None, 1, "PRUNED"), (3.0, 0.6, 5, "COMPLETE"),
-               (11.0, 0.9, 5, "COMPLETE")]
-    hit = outcome(records, target=0.5, budget_s=10.0)
+               (11.0, 0.9, 5, "COMPLETE"), (25.0, 0.95, 5, "COMPLETE")]
+    hit = outcome(records, _problem(0.5, 10.0, 20.0))
     assert (hit.time_to_target, hit.reached, hit.best) == (3.0, True, 0.6)
     assert (hit.trials, hit.pruned, hit.epochs) == (3, 1, 11)
-    miss = outcome(records, target=0.8, budget_s=10.0)
-    assert (miss.time_to_target, miss.reached) == (10.0, False)
+    late = outcome(records, _problem(0.8, 10.0, 20.0))  # after the budget, within the cap
+    assert (late.time_to_target, late.reached, late.best, late.trials) == (11.0, True, 0.6, 3)
+    miss = outcome(records, _problem(0.92, 10.0, 20.0))  # only after the cap
+    assert (miss.time_to_target, miss.reached) == (20.0, False)
+
+
+def test_finish_stops_at_the_budget_once_any_worker_reached_the_target(tmp_path: Path) -> None:
+    now = time.time()
+    marker = tmp_path / "reached"
+    running = Finish(marker, target=0.7, budget_at=now + 60, cap_at=now + 120)
+    spent = Finish(marker, target=0.7, budget_at=now - 1, cap_at=now + 120)
+    assert not running.due() and not spent.due()
+    for value in (None, math.nan, 0.69):
+        spent.record(value)
+    assert not spent.due()
+    running.record(0.7)  # another worker's trial, seen through the shared marker
+    assert spent.due() and not running.due()
+    assert Finish(tmp_path / "none", 0.7, now + 60, now - 1).due()  # the cap, whatever happened
 
 
 def test_per_seed_note_names_the_seeds_random_search_won_in_its_first_trials() -> None:
-    random = [outcome([(t, 0.8, 27, "COMPLETE")], target=0.7, budget_s=30.0) for t in (25.0, 3.2)]
-    random.append(outcome([], target=0.7, budget_s=30.0))  # censored at the budget
+    prob = _problem(0.7, 30.0, 90.0)
+    random = [outcome([(t, 0.8, 27, "COMPLETE")], prob) for t in (25.0, 3.2)]
+    random.append(outcome([], prob))  # censored at the cap
     note = _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.1)
     assert note.startswith("Default / random time to target by seed: 0: 0.20, 1: 1.50, 2: 0.30.")
     assert "In seed(s) 1 random search reached the target in 3.2 s" in note
