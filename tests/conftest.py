@@ -15,6 +15,7 @@ from psycopg import sql
 from specs import TINY_SPACE, tiny_spec
 from sqlalchemy.engine import make_url
 
+from tuner.settings import get_settings
 from tuner.spec import StudySpec, parse_spec
 
 # Several test sessions share two cores: keep training to one thread.
@@ -61,3 +62,16 @@ def postgres_url() -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture
+def set_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
+    """Set a TUNER_* variable for one test: ``get_settings()`` reads it afresh, and reads
+    the environment again after the test, so no other test sees it."""
+
+    def set_variable(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    yield set_variable
+    get_settings.cache_clear()

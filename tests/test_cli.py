@@ -97,7 +97,7 @@ def test_a_run_that_ends_at_its_timeout_shows_the_time_left(
     assert re.search(r"\b\d{2,}/100000 .* eta 0:00$", last_frame.strip()), last_frame
 
 
-def test_train_warns_when_the_data_differs_from_the_trials(
+def test_train_warns_when_the_configuration_or_the_data_differs_from_the_trials(
     tmp_path: Path, sqlite_url: str, write_spec: Callable[..., Path]
 ) -> None:
     from sklearn.datasets import load_iris
@@ -116,6 +116,18 @@ def test_train_warns_when_the_data_differs_from_the_trials(
 
     code, out = invoke("train", str(best), "--device", "cpu", *root)
     assert code == 0 and "warning" not in out, out
+
+    edited = yaml.safe_load(best.read_text())  # the user changes two values by hand
+    lr = edited["search_space"]["lr"]
+    edited["search_space"]["lr"], edited["seed"] = lr * 2, edited["seed"] + 1
+    changed = tmp_path / "edited.yaml"
+    changed.write_text(yaml.safe_dump(edited))
+    code, out = invoke("train", str(changed), "--device", "cpu", *root)
+    assert code == 0, out
+    assert (f"warning: this is not trial 0's configuration (lr {lr:.6g} -> {lr * 2:.6g}; "
+            f"seed {edited['seed'] - 1} -> {edited['seed']})") in out, out
+    assert "reproduced" not in out and "differs from trial" not in out
+
     data.write_text("\n".join(rows[:-1]) + "\n")  # one row fewer
     code, out = invoke("train", str(best), "--device", "cpu", *root)
     assert code == 0, out

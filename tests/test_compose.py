@@ -52,15 +52,28 @@ def test_the_scaled_out_deployment_has_its_parts() -> None:
                 assert "healthcheck" in SERVICES[dependency]
 
 
-@pytest.mark.parametrize("name", TUNER_SERVICES)
-def test_every_command_is_a_real_tuner_command(name: str) -> None:
-    program, subcommand, *args = argv(SERVICES[name])
+def parse_tuner(words: list[str]) -> dict[str, Any]:
+    """A ``tuner`` command line parsed by the real click command behind typer: each
+    option must exist and each value convert. Returns the parameters."""
+    program, subcommand, *args = words
     assert program == "tuner"
     group = typer.main.get_command(app)  # typer's own click: its Group, its Context
     command = group.get_command(group.context_class(group), subcommand)  # type: ignore[attr-defined]
-    assert command is not None, f"{name}: tuner has no command {subcommand!r}"
-    # Parsing the arguments checks each option exists and each value converts.
-    command.make_context(f"tuner {subcommand}", list(args))
+    assert command is not None, f"tuner has no command {subcommand!r}"
+    return command.make_context(f"tuner {subcommand}", list(args)).params
+
+
+@pytest.mark.parametrize("name", TUNER_SERVICES)
+def test_every_command_is_a_real_tuner_command(name: str) -> None:
+    parse_tuner(argv(SERVICES[name]))
+
+
+def test_the_worker_healthcheck_asks_tuner_for_the_worker_heartbeat() -> None:
+    """Not a check that the process exists (PID 1 always does while the container runs):
+    ``tuner worker --check`` reads the heartbeat the worker writes to the database."""
+    kind, *words = SERVICES["worker"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    assert parse_tuner(words)["check"] is True
 
 
 @pytest.mark.parametrize("name", TUNER_SERVICES)

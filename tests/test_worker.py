@@ -10,9 +10,11 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from safetensors.torch import load_file
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
 
+from tuner.cli import app
 from tuner.engine import ranked_trials
 from tuner.jobs.db import make_engine, migrate
-from tuner.jobs.models import Job, SlotState, TrialSlot
+from tuner.jobs.models import Job, SlotState, TrialSlot, WorkerRow, utcnow
 from tuner.jobs.store import JobStore
 from tuner.settings import Settings
 from tuner.spec import StudySpec
@@ -373,3 +377,39 @@ def test_idle_polls_start_fast_and_back_off_to_the_poll_interval() -> None:
     assert waits[4:] == [0.5] * 4
     assert idle_wait(10_000, 2.0) == 2.0
     assert idle_wait(0, 0.01) == 0.01  # a shorter configured interval wins
+
+
+def test_worker_check_reads_the_heartbeat_a_container_healthcheck_needs(
+    settings: Settings, store: JobStore, set_env: Callable[[str, str], None]
+) -> None:
+    """``tuner worker --check`` (docker-compose's worker healthcheck) passes while a worker
+    on this host beats, and fails when none runs or when its last beat is too old."""
+    url = settings.database_url
+    set_env("TUNER_GRACE_PERIOD_S", "5")
+
+    def check() -> tuple[int, str]:
+        result = CliRunner().invoke(
+            app, ["worker", "--check", "--storage", url], env={"COLUMNS": "200", "NO_COLOR": "1"}
+        )
+        return result.exit_code, result.output
+
+    code, out = check()
+    assert code == 1 and f"no worker is running on {socket.gethostname()}" in out
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(settings, stop=stop).run)
+    worker.start()
+    try:
+        code, out = wait_for(lambda: (r := check())[0] == 0 and r, 30, "a healthy check")
+        assert "healthy: a worker on" in out
+    finally:
+        stop.set()
+        worker.join()
+    code, out = check()  # a worker that stopped says so: it is not silently healthy
+    assert code == 1 and "no worker is running" in out
+
+    store.register_worker("stuck", socket.gethostname(), os.getpid())
+    with store.engine.begin() as conn:
+        conn.execute(update(WorkerRow).where(WorkerRow.id == "stuck").values(
+            heartbeat_at=utcnow() - timedelta(seconds=60)))
+    code, out = check()
+    assert code == 1 and "last beat 60 s ago, past the grace period of 5 s" in out

@@ -417,7 +417,7 @@ def train(
     with user_errors():
         spec = load_spec(spec_file)
         from tuner.errors import UsageError
-        from tuner.export import data_changed, fixed_hp, retrain
+        from tuner.export import config_changed, data_changed, fixed_hp, retrain
         from tuner.weights import save_model
 
         hp = fixed_hp(spec)  # checks every value is fixed before any training
@@ -430,8 +430,10 @@ def train(
                     f"{stem}.safetensors"
                 )
         root = data_root or get_settings().data_root
-        if warning := data_changed(spec, root):
-            err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        edited = config_changed(spec, hp)
+        for warning in (edited, data_changed(spec, root)):
+            if warning:
+                err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
         result = retrain(spec, data_root=root, device=device)
         reached = spec.provenance.metrics if spec.provenance else {}
         table = Table(title=f"{spec.name}: retrained", title_justify="left")
@@ -445,7 +447,7 @@ def train(
                 row.append(_fmt(reached.get(name, "-")))
             table.add_row(*row)
         console.print(table)
-        if reached:
+        if reached and not edited:
             console.print(_reproduction(result.metrics, reached, spec.provenance.trial_number))  # type: ignore[union-attr]
         if output is not None:
             save_model(result, output, hp)
@@ -524,17 +526,55 @@ def worker(
     max_trials: Annotated[
         int | None, typer.Option("--max-trials", help="Exit after this many trials.")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Run no trials: exit 0 if a worker on this host beat within the grace "
+            "period, else 1 (a container's healthcheck).",
+        ),
+    ] = False,
 ) -> None:
     """Run one standalone worker against the shared database (for more machines)."""
+    settings = _settings(database_url=database_url, device=device)
+    if check:
+        _check_worker(settings)
+        return
     from tuner.jobs.db import migrate
     from tuner.logs import configure_logging
     from tuner.worker import run_worker
 
-    settings = _settings(database_url=database_url, device=device)
     with user_errors():  # a bad database is one red line, before logging is set up
         migrate(settings.database_url)
     configure_logging(settings)
     raise typer.Exit(run_worker(settings, max_trials=max_trials))
+
+
+def _check_worker(settings: Settings) -> None:
+    """``tuner worker --check``: reads the heartbeat the worker writes to the database,
+    so a worker whose process lives but whose loop or database link is stuck fails."""
+    import socket
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tuner.jobs.db import make_engine
+    from tuner.jobs.store import JobStore
+    from tuner.storage import shown
+
+    with user_errors():
+        engine = make_engine(settings.database_url)
+    try:
+        problem = JobStore(engine).worker_health(socket.gethostname(), settings.grace_period_s)
+    except SQLAlchemyError as exc:
+        problem = f"cannot read {shown(settings.database_url)}: {type(exc).__name__}"
+    finally:
+        engine.dispose()
+    if problem is not None:
+        err_console.print(f"[red]unhealthy:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(
+        f"healthy: a worker on {socket.gethostname()} beat within {settings.grace_period_s:g} s"
+    )
 
 
 remote.register(app)

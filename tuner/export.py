@@ -8,6 +8,7 @@ it came from (study, trial, metrics, dataset fingerprint, package versions).
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from datetime import UTC, datetime
@@ -27,7 +28,10 @@ from tuner.objective import fit, get_objective, load_data, resolved_metrics
 from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult
 
-__all__ = ["export_best", "fixed_hp", "pick_trial", "retrain", "versions"]
+__all__ = [
+    "config_changed", "data_changed", "export_best", "fixed_hp", "pick_trial", "retrain",
+    "versions",
+]
 
 
 def versions() -> dict[str, str]:
@@ -99,6 +103,8 @@ def export_best(
             "metrics": metrics,
             "dataset_fingerprint": trial.user_attrs.get("dataset_fingerprint"),
             "torch_threads": trial.user_attrs.get("torch_threads"),
+            "hp": trial.user_attrs.get("hp"),
+            "seed": spec.seed,
             "versions": versions(),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -133,6 +139,36 @@ def retrain(
         torch.set_num_threads(threads)
     data = load_data(spec, data_root, target)
     return fit(spec, fixed_hp(spec, data.task), data, target)
+
+
+def config_changed(spec: StudySpec, hp: dict[str, Any]) -> str | None:
+    """Why a retrain is not its trial's configuration: values edited in the exported
+    spec since, compared with the hyperparameters and seed the trial trained with."""
+    was = spec.provenance
+    if was is None or was.hp is None:
+        return None
+    now = json.loads(json.dumps(hp))  # as the trial's were stored: JSON
+    changed = [
+        f"{name} {_short(was.hp.get(name))} -> {_short(now.get(name))}"
+        for name in sorted(set(was.hp) | set(now))
+        if was.hp.get(name) != now.get(name)
+    ]
+    if was.seed is not None and was.seed != spec.seed:
+        changed.append(f"seed {was.seed} -> {spec.seed}")
+    if not changed:
+        return None
+    return (
+        f"this is not trial {was.trial_number}'s configuration ({'; '.join(changed)}): "
+        "its metrics are shown for reference, not as a reproduction"
+    )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        name = value.get("name")
+        rest = ", ".join(f"{k}={_short(v)}" for k, v in value.items() if k != "name")
+        return f"{name}({rest})" if rest else str(name)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def data_changed(spec: StudySpec, data_root: str | Path | None = None) -> str | None:

@@ -398,6 +398,10 @@ class Provenance(Strict):
     metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
     dataset_fingerprint: str | None = Field(default=None, max_length=128)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    hp: dict[str, Any] | None = Field(
+        default=None, max_length=64, description="The trial's hyperparameters, as trained."
+    )
+    seed: int | None = None
     versions: dict[str, str] = Field(default_factory=dict, max_length=16)
     exported_at: str | None = Field(default=None, max_length=64)
 
