@@ -22,7 +22,7 @@ from api.security import refuse
 from tuner.data import DatasetError, resolve_path, validate
 from tuner.jobs.store import InvalidRequest, JobStore
 from tuner.keys import Principal
-from tuner.objective import get_objective
+from tuner.objective import check_smallest_model, get_objective
 from tuner.settings import Settings
 from tuner.space import resolve_space
 from tuner.spec import Branches, Choice, Range, SpecError, StudySpec
@@ -133,6 +133,7 @@ def admit(spec: StudySpec, principal: Principal, settings: Settings, store: JobS
         )
     check_dataset(spec, principal, settings)
     check_searchable(spec)
+    check_model_size(spec, settings)
     check_webhook(spec.webhook_url, settings)
     check_active_jobs(settings, store, principal.owner)
 
@@ -186,6 +187,14 @@ def check_searchable(spec: StudySpec) -> None:
             f"model; search at least one (e.g. lr: {{low: 1e-4, high: 0.1, log: true}}) "
             f"or set budget.n_trials to 1 (it is {spec.budget.n_trials})"
         )
+
+
+def check_model_size(spec: StudySpec, settings: Settings) -> None:
+    """A space whose smallest model is over the limit would fail every trial: refuse it."""
+    try:
+        check_smallest_model(spec, settings.max_model_params)
+    except SpecError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _searched(value: object) -> bool:

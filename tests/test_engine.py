@@ -16,11 +16,11 @@ from sqlalchemy import text
 from tuner import engine
 from tuner.errors import UsageError
 from tuner.objective import Cancelled, evaluate, list_objectives
-from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec
 from tuner.storage import make_storage
 
 Spec = Callable[..., StudySpec]
+SetEnv = Callable[[str, str], None]
 
 
 def states(study: optuna.Study) -> list[TrialState]:
@@ -197,20 +197,27 @@ def test_a_diverging_lr_fails_its_trial_with_a_reason_and_the_study_goes_on(
 
 
 def test_tuner_run_fails_a_model_over_the_parameter_limit_and_goes_on(
-    sqlite_url: str, make_spec: Spec, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, make_spec: Spec, set_env: SetEnv
 ) -> None:
-    monkeypatch.setenv("TUNER_MAX_MODEL_PARAMS", "2000")
-    get_settings.cache_clear()
-    try:
-        spec = make_spec(search_space={"width": {"choices": [8, 256]}, "depth": 2})
-        study = engine.run_study(spec, storage_url=sqlite_url, device="cpu", n_trials=6)
-    finally:
-        get_settings.cache_clear()
+    set_env("TUNER_MAX_MODEL_PARAMS", "2000")
+    spec = make_spec(search_space={"width": {"choices": [8, 256]}, "depth": 2})
+    study = engine.run_study(spec, storage_url=sqlite_url, device="cpu", n_trials=6)
     states = {t.params["width"]: (t.state, t.user_attrs.get("fail_reason", "")) for t in
               study.trials}
     assert states[8] == (TrialState.COMPLETE, "")
     assert states[256][0] == TrialState.FAIL
     assert "TUNER_MAX_MODEL_PARAMS" in states[256][1]
+
+
+def test_tuner_run_refuses_a_space_whose_every_model_is_over_the_limit(
+    sqlite_url: str, make_spec: Spec, set_env: SetEnv
+) -> None:
+    set_env("TUNER_MAX_MODEL_PARAMS", "2000")
+    spec = make_spec(search_space={"width": 256, "depth": 2})
+    with pytest.raises(SpecError, match=r"its smallest model \(depth 2, width 256\) has "
+                       r"[\d,]+ parameters, over the limit of 2,000"):
+        engine.run_study(spec, storage_url=sqlite_url, device="cpu", n_trials=2)
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # nothing written
 
 
 def test_a_trial_interrupted_by_ctrl_c_does_not_use_up_a_resumed_budget(
@@ -247,7 +254,7 @@ def test_unknown_dimensions_are_refused_before_any_trial(sqlite_url: str, make_s
     spec = make_spec(search_space={"channels": 8})
     with pytest.raises(SpecError, match="objective 'mlp' has no parameter 'channels'"):
         engine.run_study(spec, storage_url=sqlite_url, device="cpu")
-    assert optuna.get_all_study_summaries(sqlite_url) == []
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # nothing written
 
 
 def test_grid_over_continuous_default_dimensions_says_what_to_fix() -> None:

@@ -34,6 +34,23 @@ def test_budget_over_the_limits_is_422_naming_the_setting(tmp_path: Path) -> Non
     assert client.get(f"/v1/jobs/{job.json()['id']}").json()["budget"]["n_trials"] == 5
 
 
+def test_a_space_whose_smallest_model_is_over_the_limit_is_422(tmp_path: Path) -> None:
+    """Every trial of it would fail: refused before a job is written, with what to narrow.
+    A space that can also build small models is accepted (its big trials fail alone)."""
+    service = make_service(tmp_path, max_model_params=100_000)
+    client = service.client()
+    before = service.counts()
+    for space in ({"width": 16384, "depth": 2}, {"width": {"low": 512, "high": 16384}}):
+        answer = client.post("/v1/jobs", json=tiny_spec(search_space={**space, "depth": 2}))
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"]
+        assert "its smallest model (depth 2, width " in detail
+        assert "parameters, over the limit of 100,000 (TUNER_MAX_MODEL_PARAMS)" in detail
+    assert service.counts() == before
+    searched = tiny_spec(search_space={"width": {"low": 8, "high": 16384}, "depth": 2})
+    assert client.post("/v1/jobs", json=searched).status_code == 201
+
+
 def test_active_jobs_per_owner_are_capped_with_429(tmp_path: Path) -> None:
     service = make_service(tmp_path, max_jobs_per_owner=2)
     alice = service.client(service.key("alice"))

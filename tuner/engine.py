@@ -27,6 +27,7 @@ from tuner.errors import UsageError
 from tuner.objective import (
     INTERRUPTED,
     TRIAL_FAILURES,
+    check_smallest_model,
     evaluate,
     get_objective,
     load_data,
@@ -318,7 +319,8 @@ def run_study(
     torch_device = pick_device(device)
     root = data_root or settings.data_root
     configure_torch(1, settings.torch_threads)
-    load_data(spec, root, torch_device)  # now, so a bad dataset fails before any trial
+    # Now, so a bad dataset or a model too large for any trial fails before the study.
+    check_smallest_model(spec, settings.max_model_params, load_data(spec, root, torch_device))
     storage = make_storage(storage_url or settings.database_url)
     study = create_study(spec, storage, spec.name)
     total = n_trials or spec.budget.n_trials

@@ -56,7 +56,7 @@ from torch import nn
 from tuner import data as datasets
 from tuner import models, train
 from tuner.pruning import EpochReporter
-from tuner.space import resolve_space, suggest
+from tuner.space import distributions, resolve_space, suggest
 from tuner.spec import (
     CLASSIFICATION_LOSSES,
     DEFAULT_METRIC,
@@ -84,6 +84,7 @@ __all__ = [
     "ModelTooLarge",
     "Objective",
     "ResultHook",
+    "check_smallest_model",
     "evaluate",
     "fit",
     "get_objective",
@@ -323,13 +324,65 @@ def _check_size(
     """Build the model on the meta device (shapes, no memory) and refuse one over
     ``limit`` parameters: a width or depth from a request must not take a worker's
     memory (width 10^8 asked for 40 PB and left the worker holding 5.6 GB)."""
-    with torch.device("meta"):
-        n = models.count_parameters(objective.build(hp, data))
+    n = _n_params(objective, hp, data)
     if n > limit:
         raise ModelTooLarge(
             f"this configuration builds a model of {n:,} parameters, over the limit of "
             f"{limit:,} (TUNER_MAX_MODEL_PARAMS); narrow width or depth"
         )
+
+
+def _n_params(objective: Objective, hp: dict[str, Any], data: datasets.Dataset) -> int:
+    with torch.device("meta"):
+        return models.count_parameters(objective.build(hp, data))
+
+
+def check_smallest_model(spec: StudySpec, limit: int, data: datasets.Dataset | None = None) -> None:
+    """Refuse a search space whose smallest model is over ``limit`` parameters, since
+    every trial would fail (``width: 16384, depth: 200`` fixed). The smallest is the low
+    end of every searched value; without ``data`` (the API does not generate a job's
+    data) a one-feature stand-in makes the count a lower bound."""
+    objective = get_objective(spec.objective)
+    task: Task = data.task if data is not None else spec.task or "classification"
+    space = resolve_space(spec, objective, task)
+    hp = suggest(optuna.trial.FixedTrial(_low_end(space)), space)
+    try:
+        n = _n_params(objective, hp, data or _stand_in(task))
+    except Exception:  # a plugin that cannot build on a stand-in is checked per trial
+        if data is not None:
+            raise
+        return
+    if n > limit:
+        shown = ", ".join(f"{dim} {hp[dim]}" for dim in ("depth", "width") if dim in hp)
+        raise SpecError(
+            f"search_space: its smallest model{f' ({shown})' if shown else ''} has "
+            f"{'' if data else 'at least '}{n:,} parameters, over the limit of "
+            f"{limit:,} (TUNER_MAX_MODEL_PARAMS); narrow width or depth"
+        )
+
+
+def _low_end(space: dict[str, Dimension]) -> dict[str, Any]:
+    """The lowest value of every searched parameter (False before True; a list of
+    names: its first)."""
+    low: dict[str, Any] = {}
+    for name, dist in distributions(space).items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            numbers = [c for c in dist.choices if isinstance(c, int | float)]
+            low[name] = min(numbers) if len(numbers) == len(dist.choices) else dist.choices[0]
+        else:
+            low[name] = dist.low  # type: ignore[attr-defined]
+    return low
+
+
+def _stand_in(task: Task) -> datasets.Dataset:
+    """One row of one feature: the least any dataset gives a model to take in."""
+    x = torch.zeros(1, 1)
+    y = torch.zeros(1, dtype=torch.long if task == "classification" else torch.float32)
+    return datasets.Dataset(
+        task=task, x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y,
+        n_features=1, n_classes=2 if task == "classification" else 0, image_shape=None,
+        fingerprint="stand-in",
+    )
 
 
 def fit(
