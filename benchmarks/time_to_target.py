@@ -8,8 +8,8 @@ separation, 15% flipped labels) trained by tuner's own objective
 about 1-3 s on one core (less on a quiet day; the notes give each run's size). Each
 arm is a fresh SQLite study shared by two worker processes (long-lived, as the
 service's workers are: torch imported and data loaded before the clock starts), each
-running ``study.optimize`` until the deadline; a trial still running at the deadline
-is stopped between epochs and does not count.
+running ``study.optimize`` until the arm stops (below); a trial still running then is
+stopped between epochs and does not count.
 
 Time to target is when the first completed trial reaches ``target`` validation
 accuracy, from the moment the workers are given the study. The target is random
@@ -134,7 +134,7 @@ def problem(size: Size) -> Problem:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One arm's run: when it reached the target (or the budget, censored) and more."""
+    """One arm's run: when it reached the target (or the cap, censored) and more."""
 
     time_to_target: float
     reached: bool
@@ -171,7 +171,7 @@ def _init_worker(spec_json: str, threads: int) -> None:
     """Import, set threads, load the data and tune the collector once, as a service
     worker does."""
     torch.set_num_threads(threads)
-    # Trials stopped at the deadline fail on purpose: no tracebacks for them.
+    # Trials stopped when the arm stops fail on purpose: no tracebacks for them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = parse_spec(json.loads(spec_json))
     data = load_data(spec, None, "cpu")
@@ -224,7 +224,7 @@ def worker_pool(prob: Problem) -> Iterator[Pool]:
 def run_tuner(
     pool: Pool, prob: Problem, strategy: str, seed: int, workdir: Path, workers: int
 ) -> Outcome:
-    """One arm: a fresh study, ``workers`` processes optimising it until the deadline."""
+    """One arm: a fresh study, ``workers`` processes optimising it until it stops."""
     spec = prob.spec(strategy, seed)
     url = f"sqlite:///{workdir / f'{strategy}-{seed}-{workers}.db'}"
     storage = make_storage(url)
@@ -311,7 +311,7 @@ def censored_note(prob: Problem, results: dict[str, list[Outcome]], *arms: str) 
 
 
 def run_hyperopt(pool: Pool, prob: Problem, seed: int, workdir: Path) -> Outcome:
-    """One hyperopt arm: TPE in one of the pool's processes until the deadline."""
+    """One hyperopt arm: TPE in one of the pool's processes until it stops."""
     spec_json = prob.spec("default", seed).model_dump_json()
     started, finish = _finish(prob, workdir / f"hyperopt-{seed}.reached")
     records = pool.apply(hyperopt_compare.hyperopt_worker, (spec_json, seed, started, finish))

@@ -13,9 +13,9 @@ import torch
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from tuner import engine
+from tuner import engine, models
 from tuner.errors import UsageError
-from tuner.objective import Cancelled, evaluate, list_objectives
+from tuner.objective import Cancelled, check_smallest_model, evaluate, list_objectives
 from tuner.spec import SpecError, StudySpec
 from tuner.storage import make_storage
 
@@ -218,6 +218,28 @@ def test_tuner_run_refuses_a_space_whose_every_model_is_over_the_limit(
                        r"[\d,]+ parameters, over the limit of 2,000"):
         engine.run_study(spec, storage_url=sqlite_url, device="cpu", n_trials=2)
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # nothing written
+
+
+def test_the_smallest_model_check_counts_a_lower_bound_and_leaves_own_parameters_alone(
+    make_spec: Spec,
+) -> None:
+    """Without the data (the API at submit) the count is of a one-feature, one-output
+    stand-in when the task is unknown; a plugin's own searched parameters have no known
+    low end, so such a space is left to the per-trial check."""
+    csv = {"name": "csv", "path": "rows.csv", "target": "y"}  # task unknown until loaded
+    spec = make_spec(dataset=csv, search_space={"width": {"low": 2048, "high": 4096}, "depth": 3})
+    least = models.count_parameters(
+        models.build_mlp(1, 1, depth=3, width=2048, dropout=0.0, batch_norm=False)
+    )
+    with pytest.raises(SpecError, match=f"has at least {least:,} parameters"):
+        check_smallest_model(spec, least - 1)
+    check_smallest_model(spec, least)  # at the limit is allowed
+
+    blocks_searched = make_spec(objective="resmlp", search_space={"width": 4096})
+    check_smallest_model(blocks_searched, 1_000)  # its low end is unknown: no refusal
+    blocks_fixed = make_spec(objective="resmlp", search_space={"width": 4096, "blocks": 1})
+    with pytest.raises(SpecError, match="width 4096\\) has at least"):
+        check_smallest_model(blocks_fixed, 1_000)
 
 
 def test_a_trial_interrupted_by_ctrl_c_does_not_use_up_a_resumed_budget(

@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -385,7 +388,7 @@ def test_worker_check_reads_the_heartbeat_a_container_healthcheck_needs(
     """``tuner worker --check`` (docker-compose's worker healthcheck) passes while a worker
     on this host beats, and fails when none runs or when its last beat is too old."""
     url = settings.database_url
-    set_env("TUNER_GRACE_PERIOD_S", "5")
+    set_env("TUNER_GRACE_PERIOD_S", "5")  # + the reaper's 5 s: 10 s of silence allowed
 
     def check() -> tuple[int, str]:
         result = CliRunner().invoke(
@@ -400,16 +403,31 @@ def test_worker_check_reads_the_heartbeat_a_container_healthcheck_needs(
     worker.start()
     try:
         code, out = wait_for(lambda: (r := check())[0] == 0 and r, 30, "a healthy check")
-        assert "healthy: a worker on" in out
+        assert f"healthy: a worker on {socket.gethostname()} was heard from" in out
     finally:
         stop.set()
         worker.join()
     code, out = check()  # a worker that stopped says so: it is not silently healthy
     assert code == 1 and "no worker is running" in out
 
-    store.register_worker("stuck", socket.gethostname(), os.getpid())
+    store.register_worker("frozen", socket.gethostname(), os.getpid())
     with store.engine.begin() as conn:
-        conn.execute(update(WorkerRow).where(WorkerRow.id == "stuck").values(
-            heartbeat_at=utcnow() - timedelta(seconds=60)))
+        conn.execute(update(WorkerRow).where(WorkerRow.id == "frozen").values(
+            heartbeat_at=utcnow() - timedelta(seconds=600)))
     code, out = check()
-    assert code == 1 and "last beat 60 s ago, past the grace period of 5 s" in out
+    assert code == 1 and re.search(r"last heard from 60\d s ago, more than the 10 s allowed", out)
+
+    unusable = CliRunner().invoke(app, ["worker", "--check", "--storage", "mysql://x/y"])
+    assert unusable.exit_code == 1  # a healthcheck's failing code, even for a URL it cannot use
+    assert "unsupported database URL" in unusable.output
+
+
+def test_worker_check_imports_no_torch(settings: Settings) -> None:
+    """It runs every 30 s beside a busy worker: seconds of torch import would be too much."""
+    code = (
+        "import sys; from typer.testing import CliRunner; from tuner.cli import app; "
+        f"CliRunner().invoke(app, ['worker', '--check', '--storage', {settings.database_url!r}]); "
+        "print(sorted(m for m in ('torch', 'tuner.engine') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr

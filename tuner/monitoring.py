@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from tuner.jobs.health import allowed_silence
 from tuner.jobs.models import Job, JobState, WorkerRow, utcnow
 from tuner.jobs.optuna_tables import TRIAL_STATES, seconds_between, trials
 from tuner.jobs.outbox import DeliveryState, WebhookDelivery
@@ -113,9 +114,7 @@ class TunerCollector(Collector):
     def _workers(self, conn: Connection) -> list[Metric]:
         """Live workers (beat within the reaper's grace), and each recent one's last beat."""
         now = utcnow()
-        live_after = now - timedelta(
-            seconds=self.settings.grace_period_s + self.settings.reaper_interval_s
-        )
+        live_after = now - allowed_silence(self.settings)
         live = GaugeMetricFamily(
             "tuner_workers_live",
             "Workers running and heard from within the grace period plus a reaper interval.",

@@ -340,17 +340,21 @@ def _n_params(objective: Objective, hp: dict[str, Any], data: datasets.Dataset) 
 def check_smallest_model(spec: StudySpec, limit: int, data: datasets.Dataset | None = None) -> None:
     """Refuse a search space whose smallest model is over ``limit`` parameters, since
     every trial would fail (``width: 16384, depth: 200`` fixed). The smallest is the low
-    end of every searched value; without ``data`` (the API does not generate a job's
-    data) a one-feature stand-in makes the count a lower bound."""
+    end of every searched value, which holds for the common dimensions (depth, width,
+    batch norm); a space that searches an objective's own parameters, whose effect on
+    size is unknown, is left to the per-trial check. Without ``data`` (the API does not
+    generate a job's data) a one-feature, one-output stand-in makes the count a lower
+    bound."""
     objective = get_objective(spec.objective)
-    task: Task = data.task if data is not None else spec.task or "classification"
+    task = data.task if data is not None else spec.task
     space = resolve_space(spec, objective, task)
-    hp = suggest(optuna.trial.FixedTrial(_low_end(space)), space)
+    low = _low_end(space)
+    if set(low) & set(objective.params):
+        return
+    hp = suggest(optuna.trial.FixedTrial(low), space)
     try:
         n = _n_params(objective, hp, data or _stand_in(task))
-    except Exception:  # a plugin that cannot build on a stand-in is checked per trial
-        if data is not None:
-            raise
+    except Exception:  # an objective that cannot build this: its trials will say why
         return
     if n > limit:
         shown = ", ".join(f"{dim} {hp[dim]}" for dim in ("depth", "width") if dim in hp)
@@ -374,14 +378,16 @@ def _low_end(space: dict[str, Dimension]) -> dict[str, Any]:
     return low
 
 
-def _stand_in(task: Task) -> datasets.Dataset:
-    """One row of one feature: the least any dataset gives a model to take in."""
+def _stand_in(task: Task | None) -> datasets.Dataset:
+    """One row of one feature and, unless the task says classification, one output:
+    the least any dataset gives a model to take in and put out."""
     x = torch.zeros(1, 1)
-    y = torch.zeros(1, dtype=torch.long if task == "classification" else torch.float32)
+    classes = task == "classification"
+    y = torch.zeros(1, dtype=torch.long if classes else torch.float32)
     return datasets.Dataset(
-        task=task, x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y,
-        n_features=1, n_classes=2 if task == "classification" else 0, image_shape=None,
-        fingerprint="stand-in",
+        task="classification" if classes else "regression",
+        x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y,
+        n_features=1, n_classes=2 if classes else 0, image_shape=None, fingerprint="stand-in",
     )
 
 

@@ -401,7 +401,7 @@ class Provenance(Strict):
     hp: dict[str, Any] | None = Field(
         default=None, max_length=64, description="The trial's hyperparameters, as trained."
     )
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     versions: dict[str, str] = Field(default_factory=dict, max_length=16)
     exported_at: str | None = Field(default=None, max_length=64)
 

@@ -76,8 +76,9 @@ def create_job(
 
     Refused, with nothing written, when the spec asks for more than this server's
     limits, names a dataset file that is missing, outside the data root or another
-    owner's upload, searches nothing over several trials, or when the owner already
-    has ``TUNER_MAX_JOBS_PER_OWNER`` active jobs (429)."""
+    owner's upload, searches nothing over several trials, can build no model within
+    ``TUNER_MAX_MODEL_PARAMS``, or when the owner already has
+    ``TUNER_MAX_JOBS_PER_OWNER`` active jobs (429)."""
     admit(spec, principal, settings, store)
     job, created = store.create(spec, owner=principal.owner, idempotency_key=idempotency_key)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

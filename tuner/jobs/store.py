@@ -537,25 +537,6 @@ class JobStore:
                 .values(heartbeat_at=utcnow(), state=state)
             )
 
-    def worker_health(self, hostname: str, grace_s: float) -> str | None:
-        """Why no worker on ``hostname`` is healthy, or None: one must be running and have
-        beaten within ``grace_s`` (the reaper's judgement), for a container healthcheck."""
-        with self._tx() as s:
-            beat = s.scalar(
-                select(func.max(WorkerRow.heartbeat_at))
-                .where(WorkerRow.hostname == hostname, WorkerRow.state == "running")
-            )
-        if beat is None:
-            return f"no worker is running on {hostname}"
-        silent = (utcnow() - beat).total_seconds()
-        if silent > grace_s:
-            return (
-                f"the worker on {hostname} last beat {silent:.0f} s ago, past the grace "
-                f"period of {grace_s:g} s (TUNER_GRACE_PERIOD_S): it is stuck or cut off "
-                "from the database"
-            )
-        return None
-
     def claim(self, worker_id: str) -> Claim | None:
         """Win one trial slot of the job that waited longest, or None when none has room.
 
