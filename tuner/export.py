@@ -29,8 +29,8 @@ from tuner.spec import SpecError, StudySpec, parse_spec
 from tuner.train import TrainResult
 
 __all__ = [
-    "config_changed", "data_changed", "export_best", "fixed_hp", "pick_trial", "retrain",
-    "versions",
+    "config_changed", "data_changed", "export_best", "export_trial", "fixed_hp", "pick_trial",
+    "retrain", "versions",
 ]
 
 
@@ -78,8 +78,16 @@ def export_best(
 ) -> StudySpec:
     """The study's spec with the chosen trial's values fixed, ready to run or retrain."""
     study = load_study(storage, study_name)
-    spec = load_spec_of(study)
-    trial = pick_trial(study, trial_number)
+    spec = load_spec_of(study)  # a study tuner did not create says so before any trial
+    return export_trial(study, pick_trial(study, trial_number), spec)
+
+
+def export_trial(
+    study: optuna.Study, trial: FrozenTrial, spec: StudySpec | None = None
+) -> StudySpec:
+    """``export_best`` for a study and trial already in hand (the API picks the trial
+    first, to answer a missing one in its own words); ``spec``: the study's, if read."""
+    spec = spec or load_spec_of(study)
     space = spaces.resolve_space(spec, get_objective(spec.objective), trial.user_attrs.get("task"))
     fixed = spaces.fix(space, trial.params)
     metrics = {

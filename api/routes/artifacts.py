@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
+from optuna import Study
 from optuna.artifacts import get_all_artifact_meta
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
@@ -16,7 +17,7 @@ from api.errors import Conflict
 from api.schemas import NOT_FOUND, ErrorOut
 from api.views import load_study
 from tuner.errors import UsageError
-from tuner.export import export_best, pick_trial
+from tuner.export import export_trial, pick_trial
 from tuner.jobs.models import Job
 from tuner.jobs.store import InvalidRequest
 from tuner.spec import dump_spec
@@ -47,13 +48,14 @@ def _no_best(job: Job) -> Conflict:
     )
 
 
-def _chosen(job: Job, storage: BaseStorage, trial: int | None) -> FrozenTrial:
-    """Trial ``trial`` of the job (the best when None), or a refusal that says why not."""
+def _chosen(job: Job, storage: BaseStorage, trial: int | None) -> tuple[Study, FrozenTrial]:
+    """The job's study and its trial ``trial`` (the best when None), or a refusal that
+    says why not."""
     study = load_study(storage, job.study_name)
     if study is None:
         raise _no_best(job)
     try:
-        return pick_trial(study, trial)
+        return study, pick_trial(study, trial)
     except UsageError as exc:
         if trial is None:
             raise _no_best(job) from None
@@ -81,8 +83,7 @@ def best_config(
     trial: TrialQuery = None,
 ) -> Response:
     """Retrain it with ``tuner train best.yaml``; ``provenance`` says which trial it is."""
-    _chosen(job, storage, trial)
-    spec = export_best(storage, job.study_name, trial_number=trial)
+    spec = export_trial(*_chosen(job, storage, trial))
     return Response(
         dump_spec(spec, format),
         media_type=MEDIA_TYPES[format],
@@ -109,7 +110,7 @@ def best_model(
 ) -> StreamingResponse:
     """Workers keep the weights of each job's top trials (``keep_top_k``) in Optuna's
     artifact store; the best trial is always among them once its weights are written."""
-    chosen = _chosen(job, storage, trial)
+    _, chosen = _chosen(job, storage, trial)
     which = "best trial" if trial is None else "trial"
     metas = [
         m
