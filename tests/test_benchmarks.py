@@ -46,20 +46,20 @@ def test_ratio_statistics_and_goals() -> None:
     assert figure("x", [math.nan], Goal("<", 1.0)).met is None
 
 
-def _problem(target: float, budget_s: float, cap_s: float) -> Problem:
-    return Problem(options={}, max_epochs=5, budget_s=budget_s, target=target, cap_s=cap_s)
+def _problem(targets: tuple[float, ...], budget_s: float, cap_s: float) -> Problem:
+    return Problem(options={}, max_epochs=5, budget_s=budget_s, targets=targets, cap_s=cap_s)
 
 
 def test_time_to_target_reads_past_the_budget_up_to_the_cap_and_censors_misses() -> None:
     records = [(1.0, 0.4, 5, "COMPLETE"), (2.0, None, 1, "PRUNED"), (3.0, 0.6, 5, "COMPLETE"),
                (11.0, 0.9, 5, "COMPLETE"), (25.0, 0.95, 5, "COMPLETE")]
-    hit = outcome(records, _problem(0.5, 10.0, 20.0))
-    assert (hit.time_to_target, hit.reached, hit.best) == (3.0, True, 0.6)
-    assert (hit.trials, hit.pruned, hit.epochs) == (3, 1, 11)
-    late = outcome(records, _problem(0.8, 10.0, 20.0))  # after the budget, within the cap
-    assert (late.time_to_target, late.reached, late.best, late.trials) == (11.0, True, 0.6, 3)
-    miss = outcome(records, _problem(0.92, 10.0, 20.0))  # only after the cap
-    assert (miss.time_to_target, miss.reached) == (20.0, False)
+    # within the budget; after it, within the cap; only after the cap
+    run = outcome(records, _problem((0.5, 0.8, 0.92), 10.0, 20.0))
+    assert (run.times, run.reached) == ((3.0, 11.0, 20.0), (True, True, False))
+    assert (run.best, run.trials, run.pruned, run.epochs) == (0.6, 3, 1, 11)  # at the budget
+    empty = outcome([], _problem((0.5,), 10.0, 20.0))
+    assert (empty.times, empty.reached, empty.trials) == ((20.0,), (False,), 0)
+    assert math.isnan(empty.best)
 
 
 def test_finish_stops_at_the_budget_once_any_worker_reached_the_target(tmp_path: Path) -> None:
@@ -77,14 +77,14 @@ def test_finish_stops_at_the_budget_once_any_worker_reached_the_target(tmp_path:
 
 
 def test_per_seed_note_names_the_seeds_random_search_won_in_its_first_trials() -> None:
-    prob = _problem(0.7, 30.0, 90.0)
-    random = [outcome([(t, 0.8, 27, "COMPLETE")], prob) for t in (25.0, 3.2)]
-    random.append(outcome([], prob))  # censored at the cap
-    note = _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.1)
-    assert note.startswith("Default / random time to target by seed: 0: 0.20, 1: 1.50, 2: 0.30.")
-    assert "In seed(s) 1 random search reached the target in 3.2 s" in note
-    assert "seed(s) 1 random" in _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.2)
-    assert "seed(s)" not in _per_seed_note([0.2, 1.5, 0.3], random, full_trial_s=1.0)
+    prob = _problem((0.7,), 30.0, 90.0)
+    random = [outcome([(t, 0.8, 27, "COMPLETE")], prob).times[0] for t in (25.0, 3.2)]
+    random.append(outcome([], prob).times[0])  # censored at the cap
+    note = _per_seed_note(0.7, [0.2, 1.5, 0.3], random, full_trial_s=1.1)
+    assert note.startswith("Default / random time to 0.7 by seed: 0: 0.20, 1: 1.50, 2: 0.30.")
+    assert "In seed(s) 1 random search reached 0.7 in 3.2 s" in note
+    assert "seed(s) 1 random" in _per_seed_note(0.7, [0.2, 1.5, 0.3], random, full_trial_s=1.2)
+    assert "seed(s)" not in _per_seed_note(0.7, [0.2, 1.5, 0.3], random, full_trial_s=1.0)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -155,4 +155,4 @@ def test_smoke_run_writes_results_for_every_benchmark(tmp_path: Path) -> None:
         assert bench["figures"] or bench["skipped"], bench["name"]
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["torch"]
     table = (tmp_path / "latest-smoke.md").read_text()
-    assert "| ratio | median |" in table and "default / random: time to target" in table
+    assert "| ratio | median |" in table and "default / random: time to 0.5" in table
