@@ -29,6 +29,7 @@ the budget): a time to target is then a measurement, not the budget standing in 
 it. Best value, trials and epochs are still counted at the budget. An arm that misses
 a target even by the cap gets the cap as a censored time there (a ratio against it is
 a bound), and the notes say how many did.
+
 For each seed the arms run back to back, their order reversed every other seed, and a
 figure is the median of the per-seed ratios: 11 seeds for the strategies (a run's time
 to target varies several-fold with the sampler's luck and the machine's load), 5 for the

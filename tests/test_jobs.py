@@ -180,6 +180,28 @@ def test_claims_stop_at_the_budget_and_the_job_succeeds(
     assert job.best_value == 0.7  # iris accuracy is maximised
 
 
+def test_a_several_metric_job_sends_best_for_each_trial_that_joins_the_pareto_front(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    job, _ = store.create(make_spec(
+        metrics=[{"name": "val_accuracy"}, {"name": "n_params"}],  # maximise, minimise
+        budget={"n_trials": 5, "max_epochs": 3}, parallelism=5,
+    ))
+    # 1 is beaten by 0 in both, 3 only ties 0; 2 and 4 each beat every earlier one in one.
+    values = [[0.8, 100.0], [0.7, 200.0], [0.9, 300.0], [0.8, 100.0], [0.6, 50.0]]
+    for claim, trial_values in zip([store.claim("w1") for _ in values], values, strict=True):
+        assert claim is not None
+        trial = run_trial(store, claim.slot_id, job.id)
+        store.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, trial_values)
+        assert store.finish(claim.slot_id, TrialState.COMPLETE, trial_values)
+    best = [e.data for e in store.events(job.id) if e.kind == "best"]
+    assert [(b["trial_number"], b["values"]) for b in best] == [
+        (0, [0.8, 100.0]), (2, [0.9, 300.0]), (4, [0.6, 50.0])]
+    front = {t.number for t in study_of(store, job.id).best_trials}
+    assert front == {0, 2, 3, 4}  # Optuna's front: the events' trials and 0's twin
+    assert store.get(job.id).best_value is None  # no single best with several metrics
+
+
 def test_parallelism_limits_running_trials(store: JobStore, make_spec: SpecFactory) -> None:
     job, _ = store.create(make_spec(parallelism=1))
     first = store.claim("w1")

@@ -360,3 +360,29 @@ def test_the_notice_is_written_with_the_state_change_on_sqlite_and_postgres(
     assert (counts["complete"], counts["fail"], counts["running"], counts["pruned"]) == (1, 1, 1, 0)
     store.engine.dispose()
     store.storage.engine.dispose()
+
+
+def test_a_several_metric_job_names_no_best_trial_in_its_notice(tmp_path: Path) -> None:
+    """Its ``best`` events mark trials that joined the Pareto front; none is the best."""
+    settings = hook_settings(tmp_path)
+    migrate(settings.database_url)
+    store = JobStore(make_engine(settings.database_url))
+    job, _ = store.create(parse_spec(spec(
+        "front", n_trials=1, webhook_url="https://hooks.example.com/tuner",
+        metrics=[{"name": "val_accuracy"}, {"name": "n_params"}],
+    )))
+    claim = store.claim("w1")
+    assert claim is not None
+    study = optuna.load_study(study_name=job.study_name, storage=store.storage)
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1)})
+    assert store.attach_trial(claim.slot_id, trial._trial_id, trial.number)
+    study.tell(trial, [0.9, 120.0])
+    assert store.finish(claim.slot_id, optuna.trial.TrialState.COMPLETE, [0.9, 120.0],
+                        params=trial.params)
+    assert [e.data["trial_number"] for e in store.events(job.id) if e.kind == "best"] == [0]
+    (row,) = deliveries(settings)
+    assert row.event == "job.succeeded"
+    assert row.payload["best"] == {
+        "trial_number": None, "value": None, "direction": None, "params": None}
+    store.engine.dispose()
+    store.storage.engine.dispose()

@@ -57,7 +57,10 @@ async def _stream(
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "text/event-stream of `state`, `trial` and `best` events.",
+            "description": (
+                "text/event-stream of `state`, `trial` and `best` events (`best`: a new best "
+                "value, or with several metrics a trial that joins the Pareto front)."
+            ),
             "content": {"text/event-stream": {}},
         },
         **NOT_FOUND,

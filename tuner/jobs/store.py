@@ -150,6 +150,21 @@ def _event(s: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
     s.add(JobEvent(job_id=job.id, kind=kind, data=data, created_at=utcnow()))
 
 
+def _joins_front(s: Session, job: Job, values: list[float]) -> bool:
+    """Whether no earlier complete trial of a several-metric job is as good as ``values``
+    in every metric. Each trial that joined the front sent a ``best`` event, and any
+    earlier trial is matched by one of those, so they are the only ones to compare."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in parse_spec(job.spec).directions]
+    mine = [sign * v for sign, v in zip(signs, values, strict=True)]
+    earlier = s.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.kind == "best")
+    )
+    return not any(
+        all(sign * v <= m for sign, v, m in zip(signs, data["values"], mine, strict=True))
+        for data in earlier
+    )
+
+
 def _updated(s: Session, statement: Update, entity: type[_Row]) -> _Row | None:
     """The row ``statement`` (an UPDATE of one row of ``entity``) changed, fresh, read back
     by RETURNING in the same statement; None when it matched no row."""
@@ -643,7 +658,8 @@ class JobStore:
         params: dict[str, Any] | None,
         reason: str | None = None,
     ) -> None:
-        """One more trial counts: bump ``finished``, send ``trial`` (and ``best``) events."""
+        """One more trial counts: bump ``finished``, send ``trial`` (and ``best``) events:
+        a new best value, or with several metrics a trial that joins the Pareto front."""
         job.finished += 1
         values = list(values) if values is not None else None
         _event(s, job, "trial", {
@@ -651,14 +667,20 @@ class JobStore:
             "values": values, "finished": job.finished, "n_trials": job.n_trials,
             "reason": reason,
         })
-        if trial_state != TrialState.COMPLETE or not values or job.direction is None:
+        if trial_state != TrialState.COMPLETE or not values:
             return
-        value = values[0]
-        improved = job.best_value is None or (
-            value > job.best_value if job.direction == "maximize" else value < job.best_value
-        )
-        if improved and math.isfinite(value):
-            job.best_value, job.best_trial = value, slot.trial_number
+        if not all(math.isfinite(v) for v in values):
+            return
+        if job.direction is None:
+            improved = _joins_front(s, job, values)
+        else:
+            value = values[0]
+            improved = job.best_value is None or (
+                value > job.best_value if job.direction == "maximize" else value < job.best_value
+            )
+            if improved:
+                job.best_value, job.best_trial = value, slot.trial_number
+        if improved:
             _event(s, job, "best", {
                 "trial_number": slot.trial_number, "values": values, "params": params,
             })
