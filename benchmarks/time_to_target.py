@@ -103,7 +103,7 @@ class Problem:
     max_epochs: int
     budget_s: float
     targets: tuple[float, ...]
-    """Validation accuracies to time, easiest first; an arm runs on to the last."""
+    """Validation accuracies to time, easiest first; an arm runs on until it has all."""
     cap_s: float
     workers: int = 2
 
@@ -156,7 +156,7 @@ class Outcome:
 def outcome(records: list[Record], prob: Problem) -> Outcome:
     """Summarise an arm's trials: the times to target from every trial that ended within
     the cap, the rest from those that ended within the budget."""
-    ended = sorted(r for r in records if r[0] <= prob.cap_s)
+    ended = sorted((r for r in records if r[0] <= prob.cap_s), key=lambda r: r[0])
     done = [r for r in ended if r[0] <= prob.budget_s]
     values = [(t, v) for t, v, _, _ in ended if v is not None and math.isfinite(v)]
     hits = [next((t for t, v in values if v >= target), None) for target in prob.targets]
@@ -313,10 +313,10 @@ def describe(prob: Problem, results: dict[str, list[Outcome]]) -> dict[str, Any]
     }
 
 
-def censored_note(prob: Problem, results: dict[str, list[Outcome]], target: int,
+def censored_note(prob: Problem, results: dict[str, list[Outcome]], index: int,
                   *arms: str) -> str:
-    """How many runs of ``arms`` reached ``prob.targets[target]`` within the cap."""
-    parts = [f"{a} reached it in {sum(o.reached[target] for o in results[a])}/"
+    """How many runs of ``arms`` reached ``prob.targets[index]`` within the cap."""
+    parts = [f"{a} reached it in {sum(o.reached[index] for o in results[a])}/"
              f"{len(results[a])} runs" for a in arms]
     cap = f"{prob.cap_s:g} s"
     return "; ".join(parts) + f" within {cap} (a miss counts as {cap}: a bound)"
@@ -353,8 +353,8 @@ def _col(res: dict[str, list[Outcome]], arm: str, key: str) -> list[float]:
     return [float(getattr(o, key)) for o in res[arm]]
 
 
-def _times(res: dict[str, list[Outcome]], arm: str, target: int) -> list[float]:
-    return [o.times[target] for o in res[arm]]
+def _times(res: dict[str, list[Outcome]], arm: str, index: int) -> list[float]:
+    return [o.times[index] for o in res[arm]]
 
 
 def _strategies(prob: Problem, res: dict[str, list[Outcome]]) -> Report:

@@ -17,7 +17,7 @@ import torch
 from benchmarks import api_load, train_loop
 from benchmarks.common import SMOKE, Finish, Goal, Report, figure, interleave, ratios, stats
 from benchmarks.report import markdown
-from benchmarks.time_to_target import Problem, _per_seed_note, outcome
+from benchmarks.time_to_target import Problem, _finish, _per_seed_note, outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,8 @@ def test_time_to_target_reads_past_the_budget_up_to_the_cap_and_censors_misses()
     run = outcome(records, _problem((0.5, 0.8, 0.92), 10.0, 20.0))
     assert (run.times, run.reached) == ((3.0, 11.0, 20.0), (True, True, False))
     assert (run.best, run.trials, run.pruned, run.epochs) == (0.6, 3, 1, 11)  # at the budget
+    together = [(1.0, None, 1, "PRUNED"), (1.0, 0.7, 5, "COMPLETE")]
+    assert outcome(together, _problem((0.5,), 10.0, 20.0)).times == (1.0,)  # sorted by time
     empty = outcome([], _problem((0.5,), 10.0, 20.0))
     assert (empty.times, empty.reached, empty.trials) == ((20.0,), (False,), 0)
     assert math.isnan(empty.best)
@@ -74,12 +76,12 @@ def test_finish_stops_at_the_budget_once_any_worker_reached_the_target(tmp_path:
     running.record(0.7)  # another worker's trial, seen through the shared marker
     assert spent.due() and not running.due()
     assert Finish(tmp_path / "none", 0.7, now + 60, now - 1).due()  # the cap, whatever happened
+    _, arm = _finish(_problem((0.73, 0.745), 30.0, 150.0), marker)
+    assert (arm.target, arm.cap_at - arm.budget_at) == (0.745, 120.0)  # runs on to the hardest
 
 
 def test_per_seed_note_names_the_seeds_random_search_won_in_its_first_trials() -> None:
-    prob = _problem((0.7,), 30.0, 90.0)
-    random = [outcome([(t, 0.8, 27, "COMPLETE")], prob).times[0] for t in (25.0, 3.2)]
-    random.append(outcome([], prob).times[0])  # censored at the cap
+    random = [25.0, 3.2, 90.0]  # random search's times to 0.7; the last censored at the cap
     note = _per_seed_note(0.7, [0.2, 1.5, 0.3], random, full_trial_s=1.1)
     assert note.startswith("Default / random time to 0.7 by seed: 0: 0.20, 1: 1.50, 2: 0.30.")
     assert "In seed(s) 1 random search reached 0.7 in 3.2 s" in note

@@ -59,7 +59,8 @@ async def _stream(
         200: {
             "description": (
                 "text/event-stream of `state`, `trial` and `best` events (`best`: a new best "
-                "value, or with several metrics a trial that joins the Pareto front)."
+                "value, or with several metrics a trial no earlier trial equals or beats "
+                "in every metric)."
             ),
             "content": {"text/event-stream": {}},
         },
@@ -85,7 +86,8 @@ async def job_events(
     """Each event's data is a JSON object, named as in the job and trial resources:
     ``state`` has the job's new ``state`` and ``reason``; ``trial`` a trial that ended
     (``trial_number``, ``state`` as in ``/trials``, ``values``, ``reason``, and the job's
-    ``finished`` of ``n_trials``); ``best`` a new best of a single-metric job
-    (``trial_number``, ``values``, ``params``, as ``job.best``)."""
+    ``finished`` of ``n_trials``); ``best`` a trial with a new best value, or, with
+    several metrics, one that no earlier trial equals or beats in every metric (a new
+    point of the Pareto front): ``trial_number``, ``values``, ``params``."""
     after = int(last_event_id) if last_event_id else 0
     return EventSourceResponse(_stream(request, store, job.id, job.owner, after))

@@ -149,7 +149,10 @@ class JobEvent(Base):
     """
 
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id", "job_id", "id"),
+        Index("ix_job_events_job_kind", "job_id", "kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -46,6 +46,13 @@ trials = table(
     column("datetime_complete", DateTime),
 )
 
+study_directions = table(
+    "study_directions",
+    column("study_id", Integer),
+    column("objective", Integer),
+    column("direction", Enum("NOT_SET", "MINIMIZE", "MAXIMIZE", name="studydirection")),
+)
+
 trial_values = table(
     "trial_values",
     column("trial_id", Integer),

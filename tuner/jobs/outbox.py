@@ -73,12 +73,14 @@ def enqueue(s: Session, job: Job, previous: str | None) -> WebhookDelivery | Non
 
 def payload(s: Session, job: Job, previous: str | None) -> dict[str, Any]:
     """What the receiver gets: the job's outcome, best result, counts and times."""
-    best = s.scalar(  # the best trial's; with several metrics, no one trial is best
-        select(JobEvent.data)
-        .where(JobEvent.job_id == job.id, JobEvent.kind == "best")
-        .order_by(JobEvent.id.desc())
-        .limit(1)
-    ) if job.direction is not None else None
+    best = None  # with several metrics no one trial is best
+    if job.direction is not None:
+        best = s.scalar(
+            select(JobEvent.data)
+            .where(JobEvent.job_id == job.id, JobEvent.kind == "best")
+            .order_by(JobEvent.id.desc())
+            .limit(1)
+        )
     counts = dict.fromkeys(TRIAL_STATES, 0)
     counts.update(s.execute(
         select(trials.c.state, func.count())

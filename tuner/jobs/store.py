@@ -70,7 +70,7 @@ from tuner.jobs.models import (
     WorkerRow,
     utcnow,
 )
-from tuner.jobs.optuna_tables import studies, trials
+from tuner.jobs.optuna_tables import studies, study_directions, trials
 from tuner.jobs.wakeup import notify_work
 from tuner.settings import get_settings
 from tuner.spec import SpecError, StudySpec, parse_spec
@@ -151,10 +151,23 @@ def _event(s: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
 
 
 def _joins_front(s: Session, job: Job, values: list[float]) -> bool:
-    """Whether no earlier complete trial of a several-metric job is as good as ``values``
-    in every metric. Each trial that joined the front sent a ``best`` event, and any
-    earlier trial is matched by one of those, so they are the only ones to compare."""
-    signs = [1.0 if d == "minimize" else -1.0 for d in parse_spec(job.spec).directions]
+    """Whether no earlier complete trial of a several-metric job equals or beats
+    ``values`` in every metric (call with the job's row locked). Each trial that passed
+    sent a ``best`` event, and any earlier trial is matched by one of those, so they are
+    the only ones to compare. Directions come from Optuna's study, which cannot drift."""
+    signs = [
+        1.0 if direction == "MINIMIZE" else -1.0
+        for direction in s.scalars(
+            select(study_directions.c.direction)
+            .select_from(study_directions.join(
+                studies, study_directions.c.study_id == studies.c.study_id
+            ))
+            .where(studies.c.study_name == job.study_name)
+            .order_by(study_directions.c.objective)
+        )
+    ]
+    if len(signs) != len(values):
+        return False
     mine = [sign * v for sign, v in zip(signs, values, strict=True)]
     earlier = s.scalars(
         select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.kind == "best")
@@ -659,7 +672,7 @@ class JobStore:
         reason: str | None = None,
     ) -> None:
         """One more trial counts: bump ``finished``, send ``trial`` (and ``best``) events:
-        a new best value, or with several metrics a trial that joins the Pareto front."""
+        a new best value, or with several metrics a new point of the Pareto front."""
         job.finished += 1
         values = list(values) if values is not None else None
         _event(s, job, "trial", {
