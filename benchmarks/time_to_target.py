@@ -374,15 +374,13 @@ def _strategies(prob: Problem, res: dict[str, list[Outcome]]) -> Report:
         return _col(res, arm, key)
 
     for i, target in enumerate(prob.targets):
-        per_seed = ratios(_times(res, "default", i), _times(res, "random", i))
-        report.notes.append(
-            _per_seed_note(target, per_seed, _times(res, "random", i), full_trial.median)
-        )
+        default, random, tpe = (_times(res, arm, i) for arm in ("default", "random", "tpe"))
+        per_seed = ratios(default, random)
+        report.notes.append(_per_seed_note(target, per_seed, random, full_trial.median))
         report.figures += [
             figure(f"default / random: time to {target:g}", per_seed, Goal("<=", 1 / 3),
                    censored_note(prob, res, i, "default", "random")),
-            figure(f"default / tpe without pruning: time to {target:g}",
-                   ratios(_times(res, "default", i), _times(res, "tpe", i)),
+            figure(f"default / tpe without pruning: time to {target:g}", ratios(default, tpe),
                    note=censored_note(prob, res, i, "tpe")),
         ]
     report.figures += [

@@ -166,8 +166,6 @@ def _joins_front(s: Session, job: Job, values: list[float]) -> bool:
             .order_by(study_directions.c.objective)
         )
     ]
-    if len(signs) != len(values):
-        return False
     mine = [sign * v for sign, v in zip(signs, values, strict=True)]
     earlier = s.scalars(
         select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.kind == "best")
@@ -682,7 +680,7 @@ class JobStore:
         })
         if trial_state != TrialState.COMPLETE or not values:
             return
-        if not all(math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) for v in values):  # a diverged trial is no one's best
             return
         if job.direction is None:
             improved = _joins_front(s, job, values)
